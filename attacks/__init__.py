@@ -1,0 +1,10 @@
+"""Attacks, each reachable by name through the registry."""
+
+from attacks import catalog as _catalog  # noqa: F401 - registers the attacks
+from attacks.base import NORMS, Attack, AttackResult, check_eps
+from attacks.registry import AttackSpec, attack_spec, create_attack, list_attacks, register_attack
+
+__all__ = [
+    "NORMS", "Attack", "AttackResult", "AttackSpec", "attack_spec", "check_eps",
+    "create_attack", "list_attacks", "register_attack",
+]

@@ -1,0 +1,112 @@
+"""The attack base class, in the style of Foolbox 3: keyword-only hyperparameters, one final
+``__call__`` that validates input around an abstract ``run``.
+
+Attacks return candidate adversarial inputs; they do not decide what counts as a success.
+The benchmark verifies every candidate itself (ε-ball, [0, 1] box, misclassified in eval mode).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, final
+
+import torch
+from torch import nn
+
+from zoo.errors import BadEpsilonError
+
+Norm = Literal["linf", "l2"]
+NORMS: tuple[Norm, ...] = ("linf", "l2")
+
+
+def max_eps(norm: str, dim: int | None) -> float:
+    """Largest meaningful ε: the diameter of the [0, 1] box in that norm."""
+    if norm == "linf":
+        return 1.0
+    return math.sqrt(dim) if dim else math.inf
+
+
+def check_eps(eps: float, norm: str, dim: int | None = None) -> float:
+    """Validate ε for a norm; raises BadEpsilonError saying what is allowed."""
+    if norm not in NORMS:
+        raise BadEpsilonError(f"unknown norm {norm!r}; allowed: {', '.join(NORMS)}")
+    try:
+        value = float(eps)
+    except (TypeError, ValueError):
+        raise BadEpsilonError(f"ε must be a number, got {eps!r}") from None
+    hi = max_eps(norm, dim)
+    if not math.isfinite(value) or value < 0 or value > hi:
+        bound = f"{hi:g}" if math.isfinite(hi) else "∞"
+        raise BadEpsilonError(
+            f"ε={eps!r} is out of range for the {norm} norm: it must be a finite number "
+            f"in [0, {bound}] (inputs live in [0, 1]; write 8/255 for paper units)"
+        )
+    return value
+
+
+@dataclass
+class AttackResult:
+    """Candidate adversarial inputs plus what the attack wants recorded (β values, …)."""
+
+    x_adv: torch.Tensor
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Attack(ABC):
+    """An attack for one norm. Subclasses take keyword-only hyperparameters in ``__init__``."""
+
+    norm: Norm  # a class attribute, or set per instance by attacks that take a norm
+    #: needs gradients of the model (fails on models that cut the autograd graph)
+    uses_gradients: ClassVar[bool] = True
+
+    name: str = ""  # set by the registry
+
+    @final
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+        generator: torch.Generator | None = None,
+    ) -> AttackResult:
+        """Attack ``model`` (put in eval mode) at inputs ``x`` in [0, 1] with labels ``y``."""
+        eps = check_eps(eps, self.norm, x[0].numel() if len(x) else None)
+        if x.ndim < 2 or len(x) != len(y):
+            raise ValueError(f"x must be a batch matching y: got {tuple(x.shape)} and {len(y)}")
+        if len(x) and (x.min() < 0 or x.max() > 1):
+            raise ValueError("inputs must lie in [0, 1]")
+        model.eval()
+        if len(x) == 0 or eps == 0:
+            return AttackResult(x.clone())
+        if generator is None:
+            generator = torch.Generator(device=x.device).manual_seed(0)
+        with torch.enable_grad():
+            result = self.run(model, x, y, eps=eps, generator=generator)
+        if result.x_adv.shape != x.shape:
+            raise RuntimeError(f"{type(self).__name__} returned shape {tuple(result.x_adv.shape)}"
+                               f" for inputs of shape {tuple(x.shape)}")
+        return result
+
+    @abstractmethod
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+            generator: torch.Generator) -> AttackResult:
+        """Return candidate adversarial examples for a validated, non-empty batch."""
+
+    def config(self) -> dict[str, Any]:
+        """Hyperparameters that define this attack (part of a benchmark cell's identity)."""
+        return {"class": type(self).__name__, "norm": self.norm, **self._hyperparameters()}
+
+    def _hyperparameters(self) -> dict[str, Any]:
+        return {k: _plain(v) for k, v in vars(self).items() if not k.startswith("_")
+                and k != "name"}
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, int | float | str | bool) or v is None:
+        return v
+    if isinstance(v, list | tuple):
+        return [_plain(i) for i in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(i) for k, i in v.items()}
+    if hasattr(v, "config"):
+        return v.config()
+    return repr(v)

@@ -1,0 +1,172 @@
+"""FGSM and PGD (L∞ and L2), batched, as ../shared/spec/pgdpp.md §3 defines them.
+
+* Random start: uniform in the L∞ ball; for L2, uniform in the L2 ball of the whole input.
+* L∞ step ``x ← Π(x + η·sign(∇ℓ))``; L2 step along ``∇ℓ / ‖∇ℓ‖₂`` per sample.
+* Π projects onto the ε-ball (L2: jointly over the whole input, not per colour channel as the
+  paper's reference code does), then clamps to [0, 1].
+* Restarts keep, per sample, the first restart that produces an adversarial example.
+* Every iterate whose logits (computed anyway for the gradient) are misclassified is kept as
+  the sample's candidate, so a later step cannot undo a success. This costs no extra passes.
+
+The loss may be scaled by a temperature (``scaler``): that is how PGD++ plugs in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attacks.base import NORMS, Attack, AttackResult, Norm
+
+LOSSES = ("ce", "dlr")
+
+
+class LogitScaler:
+    """A temperature on the logits inside the attack loss. The base class is β = 1."""
+
+    name = "none"
+
+    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Any:
+        """Per-batch state computed once at the starting point (e.g. per-sample β)."""
+        return None
+
+    def scale(self, logits: torch.Tensor, y: torch.Tensor, state: Any) -> torch.Tensor:
+        return logits
+
+    def stats(self, states: list[Any]) -> dict[str, float]:
+        """Summary of the temperatures used (recorded with the benchmark cell)."""
+        return {}
+
+    def config(self) -> dict[str, Any]:
+        return {"scaler": self.name}
+
+
+class FixedTemperature(LogitScaler):
+    """The paper's heuristic straw man: one fixed β for every model and sample."""
+
+    def __init__(self, beta: float) -> None:
+        self.beta = float(beta)
+        self.name = f"beta{beta:g}"
+
+    def scale(self, logits: torch.Tensor, y: torch.Tensor, state: Any) -> torch.Tensor:
+        return logits * self.beta
+
+    def stats(self, states: list[Any]) -> dict[str, float]:
+        return {"beta_mean": self.beta, "beta_min": self.beta, "beta_max": self.beta}
+
+    def config(self) -> dict[str, Any]:
+        return {"scaler": "fixed", "beta": self.beta}
+
+
+def ce_loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross-entropy."""
+    return F.cross_entropy(z, y, reduction="none")
+
+
+def dlr_loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample difference-of-logits-ratio loss (Croce & Hein 2020), to be maximised."""
+    zs, _ = z.sort(dim=1, descending=True)
+    z_y = z.gather(1, y[:, None]).squeeze(1)
+    top_is_y = zs[:, 0] == z_y
+    z_other = torch.where(top_is_y, zs[:, 1], zs[:, 0])
+    return -(z_y - z_other) / (zs[:, 0] - zs[:, 2] + 1e-12)
+
+
+def _flat_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1).view(-1, *[1] * (t.ndim - 1))
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Project onto the ε-ball around ``x`` (whole input), then clamp to [0, 1]."""
+    delta = x_adv - x
+    if norm == "linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        delta = delta * (eps / _flat_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def random_start(x: torch.Tensor, eps: float, norm: str, gen: torch.Generator) -> torch.Tensor:
+    """A uniform point of the ε-ball around ``x``, clamped to [0, 1]."""
+    if norm == "linf":
+        noise = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1
+        return (x + eps * noise).clamp(0, 1)
+    direction = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+    direction = direction / _flat_norm(direction).clamp_min(1e-12)
+    dim = x[0].numel()
+    u = torch.rand((len(x),), generator=gen, device=x.device, dtype=x.dtype)
+    radius = eps * u.pow(1.0 / dim)
+    return (x + direction * radius.view(-1, *[1] * (x.ndim - 1))).clamp(0, 1)
+
+
+def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        return grad.sign()
+    return grad / _flat_norm(grad).clamp_min(1e-12)
+
+
+class GradientAttack(Attack):
+    """PGD with ``steps`` steps of size ``rel_step · ε``; FGSM is ``steps=1, rel_step=1``."""
+
+    def __init__(
+        self, *, norm: Norm = "linf", steps: int = 20, rel_step: float = 0.25,
+        loss: str = "ce", restarts: int = 1, random_start: bool = True,
+        scaler: LogitScaler | None = None,
+    ) -> None:
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if steps < 1 or restarts < 1 or rel_step <= 0:
+            raise ValueError("steps and restarts must be >= 1 and rel_step > 0")
+        self.norm = norm
+        self.steps = steps
+        self.rel_step = rel_step
+        self.loss = loss
+        self.restarts = restarts
+        self.random_start = random_start
+        self.scaler = scaler or LogitScaler()
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+            generator: torch.Generator) -> AttackResult:
+        best = x.clone()
+        broken = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        states: list[Any] = []
+        for _ in range(self.restarts):
+            todo = (~broken).nonzero().squeeze(1)
+            if len(todo) == 0:
+                break
+            x_adv, success, state = self._one_run(model, x[todo], y[todo], eps, generator)
+            states.append(state)
+            best[todo] = x_adv
+            broken[todo] |= success
+        info: dict[str, Any] = {"claimed_success": int(broken.sum())}
+        info.update(self.scaler.stats(states))
+        return AttackResult(best, info)
+
+    def _one_run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        loss_fn = ce_loss if self.loss == "ce" else dlr_loss
+        step = self.rel_step * eps
+        x_adv = random_start(x, eps, self.norm, gen) if self.random_start else x.clone()
+        state = self.scaler.prepare(model, x_adv, y)
+        found = x_adv.clone()
+        success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        for _ in range(self.steps):
+            x_adv = x_adv.detach().requires_grad_(True)
+            logits = model(x_adv)
+            newly = (logits.detach().argmax(1) != y) & ~success
+            found[newly] = x_adv.detach()[newly]
+            success |= newly
+            loss = loss_fn(self.scaler.scale(logits, y, state), y).sum()
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            x_adv = project(x_adv.detach() + step * ascent_direction(grad, self.norm), x, eps,
+                            self.norm)
+        with torch.no_grad():
+            newly = (model(x_adv).argmax(1) != y) & ~success
+        found[newly] = x_adv[newly]
+        success |= newly
+        return torch.where(success.view(-1, *[1] * (x.ndim - 1)), found, x_adv), success, state

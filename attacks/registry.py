@@ -1,0 +1,50 @@
+"""Attack registry: ``create_attack("pgd-linf")`` builds a configured attack by name."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from attacks.base import Attack
+from zoo.errors import UnknownNameError
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    name: str
+    factory: Callable[..., Attack]
+    norm: str
+    description: str
+    defaults: dict[str, Any]
+
+
+_ATTACKS: dict[str, AttackSpec] = {}
+
+
+def register_attack(name: str, factory: Callable[..., Attack], *, description: str,
+                    **defaults: Any) -> None:
+    """Register ``factory(**defaults)`` under ``name`` (the factory is usually the class)."""
+    if name in _ATTACKS:
+        raise ValueError(f"attack {name!r} is registered twice")
+    probe = factory(**defaults)
+    _ATTACKS[name] = AttackSpec(name, factory, probe.norm, description, dict(defaults))
+
+
+def list_attacks(pattern: str = "*") -> list[str]:
+    return sorted(fnmatch.filter(_ATTACKS, pattern))
+
+
+def attack_spec(name: str) -> AttackSpec:
+    if name not in _ATTACKS:
+        raise UnknownNameError("attack", name, sorted(_ATTACKS))
+    return _ATTACKS[name]
+
+
+def create_attack(name: str, **overrides: Any) -> Attack:
+    """A new attack instance with the registered defaults, optionally overridden."""
+    spec = attack_spec(name)
+    attack = spec.factory(**{**spec.defaults, **overrides})
+    attack.name = name
+    return attack

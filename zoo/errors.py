@@ -1,0 +1,54 @@
+"""Errors that carry a message a user can act on. The CLI prints them and exits with code 2."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+
+
+class QBenchError(Exception):
+    """Base class: bad input or missing resources, explained in one line."""
+
+
+class UnknownNameError(QBenchError, KeyError):
+    """A model, attack, dataset or suite name (or pattern) that matches nothing."""
+
+    def __init__(self, kind: str, name: str, choices: list[str]) -> None:
+        self.kind, self.name, self.choices = kind, name, choices
+        close = difflib.get_close_matches(name, choices, n=5, cutoff=0.4)
+        if not close and any(ch in name for ch in "*?["):
+            close = difflib.get_close_matches(name.strip("*?"), choices, n=5, cutoff=0.3)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        listing = f" List them with `python -m bench list {kind}s`."
+        super().__init__(f"unknown {kind} {name!r}.{hint}{listing}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class DataMissingError(QBenchError):
+    """A dataset's files are absent and cannot be downloaded."""
+
+
+class CorruptWeightsError(QBenchError):
+    """A cached weights file does not match its recorded sha256 or cannot be parsed."""
+
+
+class BadEpsilonError(QBenchError, ValueError):
+    """An epsilon that is negative, not finite, or out of range for its norm."""
+
+
+def match_names(pattern: str, names: list[str], kind: str) -> list[str]:
+    """Names matching a wildcard pattern (or a comma-separated list of patterns).
+
+    Raises UnknownNameError with close matches if a part matches nothing.
+    """
+    out: list[str] = []
+    for part in (p.strip() for p in pattern.split(",")):
+        if not part:
+            continue
+        hits = sorted(fnmatch.filter(names, part))
+        if not hits:
+            raise UnknownNameError(kind, part, names)
+        out.extend(h for h in hits if h not in out)
+    return out

@@ -1,0 +1,61 @@
+"""Architectures. Every model maps images in [0, 1] to logits; quantization is one of
+``ref`` (float), ``bnn-wq`` (binary weights) and ``bnn-waq`` (binary weights and activations).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from zoo.layers import BinaryLinear, SignActivation
+
+QUANTS = ("ref", "bnn-wq", "bnn-waq")
+
+
+def check_quant(quant: str) -> None:
+    if quant not in QUANTS:
+        raise ValueError(f"unknown quantization {quant!r}; allowed: {', '.join(QUANTS)}")
+
+
+def dense(in_features: int, out_features: int, quant: str) -> nn.Module:
+    """A fully connected layer of the given quantization."""
+    if quant == "ref":
+        return nn.Linear(in_features, out_features)
+    return BinaryLinear(in_features, out_features, binarize_bias=quant == "bnn-wq")
+
+
+def norm_act_1d(features: int, quant: str) -> list[nn.Module]:
+    """BatchNorm plus activation after a hidden dense layer (spec §5).
+
+    ref: BN with affine parameters, ReLU. bnn-wq: BN *without* affine parameters, float ReLU.
+    bnn-waq: BN with affine parameters, sign activation with straight-through gradient.
+    """
+    if quant == "ref":
+        return [nn.BatchNorm1d(features), nn.ReLU()]
+    if quant == "bnn-wq":
+        return [nn.BatchNorm1d(features, affine=False), nn.ReLU()]
+    return [nn.BatchNorm1d(features, affine=True), SignActivation()]
+
+
+class MLP(nn.Module):
+    """Flatten, then ``len(hidden)`` blocks of dense → BN → activation, then a dense output.
+
+    The first layer sees the real-valued input (also in BNN-WAQ); the output layer has the
+    model's quantization too (sign weights, and a sign bias for BNN-WQ), with no scaling.
+    """
+
+    def __init__(self, in_features: int, hidden: list[int], num_classes: int, quant: str):
+        super().__init__()
+        check_quant(quant)
+        self.quant = quant
+        self.hidden_sizes = list(hidden)
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for h in hidden:
+            layers.append(dense(width, h, quant))
+            layers.extend(norm_act_1d(h, quant))
+            width = h
+        layers.append(dense(width, num_classes, quant))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):  # noqa: D401 - nn.Module API
+        return self.net(x)

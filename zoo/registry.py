@@ -1,0 +1,108 @@
+"""Model registry in the style of timm: a name is all a user needs to get a trained model.
+
+``register_model`` records a factory with its dataset, architecture, quantization and training
+recipe; ``list_models("*bnn-waq")`` lists names by wildcard; ``get_model(name)`` returns the
+model in eval mode with verified weights, training it first (seeded) if it was never trained.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from zoo.data import dataset_info, load_dataset
+from zoo.errors import CorruptWeightsError, UnknownNameError
+from zoo.store import load_weights, read_card, save_weights
+from zoo.train import Recipe, train_model
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    dataset: str
+    arch: str
+    quant: str
+    factory: Callable[[], nn.Module]
+    recipe: Recipe
+    description: str = ""
+
+    @property
+    def recipe_id(self) -> str:
+        return self.recipe.recipe_id(self.arch + "/" + self.quant)
+
+
+_MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(
+    name: str, *, dataset: str, arch: str, quant: str, recipe: Recipe, description: str = ""
+) -> Callable[[Callable[[], nn.Module]], Callable[[], nn.Module]]:
+    """Decorator registering a zero-argument factory that builds the untrained network."""
+
+    def wrap(factory: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is registered twice")
+        dataset_info(dataset)  # the dataset must exist
+        _MODELS[name] = ModelSpec(name, dataset, arch, quant, factory, recipe, description)
+        return factory
+
+    return wrap
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style wildcard, sorted."""
+    return sorted(fnmatch.filter(_MODELS, pattern))
+
+
+def model_spec(name: str) -> ModelSpec:
+    if name not in _MODELS:
+        raise UnknownNameError("model", name, sorted(_MODELS))
+    return _MODELS[name]
+
+
+def get_model(
+    name: str, *, device: str = "cpu", retrain: bool = False, progress: bool = True,
+    data_root: str | None = None,
+) -> tuple[nn.Module, dict]:
+    """The trained model in eval mode on ``device`` and its card.
+
+    Trains (and caches) the model when it was never trained here, or when its recipe changed.
+    A cached file that fails its sha256 check raises CorruptWeightsError unless ``retrain``.
+    """
+    spec = model_spec(name)
+    model = spec.factory()
+    card = None if retrain else read_card(name)
+    if card is not None and card.get("recipe_id") == spec.recipe_id:
+        model.load_state_dict(load_weights(name, card))
+    else:
+        data = load_dataset(spec.dataset, data_root)
+        summary = train_model(model, data, spec.recipe, device=device, progress=progress,
+                              desc=f"train {name}")
+        card = save_weights(name, model.state_dict(), {
+            "name": name,
+            "dataset": spec.dataset,
+            "arch": spec.arch,
+            "quant": spec.quant,
+            "description": spec.description,
+            "recipe": asdict(spec.recipe),
+            "recipe_id": spec.recipe_id,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "trained_on": device,
+            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+            **summary,
+        })
+        # Reload from disk so that a model is only ever used through verified weights.
+        model.load_state_dict(load_weights(name, card))
+    return model.to(device).eval(), card
+
+
+__all__ = ["CorruptWeightsError", "ModelSpec", "get_model", "list_models", "model_spec",
+           "register_model"]
