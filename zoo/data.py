@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zoo.errors import DataMissingError, UnknownNameError
+from zoo.errors import DataMissingError, QBenchError, UnknownNameError
 
 SPLIT_SEED = 20220222  # seed of the fixed train/test split of the embedded datasets
 
@@ -41,7 +41,7 @@ class Dataset:
     def test_subset(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The first ``n`` test points (always the same ones, in the same order)."""
         if n < 1 or n > len(self.test_y):
-            raise ValueError(
+            raise QBenchError(
                 f"n={n} is out of range for dataset {self.name!r}: its test set has "
                 f"{len(self.test_y)} points, so n must be between 1 and {len(self.test_y)}"
             )

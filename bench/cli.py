@@ -1,0 +1,200 @@
+"""Command line: ``python -m bench {list,run,show,train} …``. Run with ``--help`` for details."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from fractions import Fraction
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  python -m bench list models '*bnn-waq'     # one name per line; wildcards allowed
+  python -m bench list attacks
+  python -m bench run                        # the default suite (mnist5k)
+  python -m bench run --models 'mnist5k-mlp5x100-*' --attacks pgd-linf --eps 0.1 8/255
+  python -m bench run --suite mnist5k --attacks 'pgd-*' --eps linf=0.1,0.3 l2=1.5 --n 200
+  python -m bench show mnist5k-mlp5x100-bnn-waq
+
+ε is in input units (inputs live in [0, 1]); fractions such as 8/255 are accepted.
+A finished cell is never recomputed unless --force; an interrupted run loses nothing.
+"""
+
+
+def parse_eps(tokens: Sequence[str]) -> dict[str, list[float]]:
+    """``['0.1', '8/255', 'l2=1.5,2']`` → ``{'linf': [0.1, 0.031…], 'l2': [0.1, …, 1.5, 2.0]}``.
+
+    A bare value applies to every norm; ``NORM=v1,v2`` applies to one norm only.
+    """
+    from attacks import NORMS
+    from zoo.errors import BadEpsilonError
+
+    out: dict[str, list[float]] = {}
+    for token in tokens:
+        norm, _, values = token.rpartition("=")
+        if norm and norm not in NORMS:
+            raise BadEpsilonError(f"unknown norm {norm!r} in --eps {token!r}; allowed: "
+                                  f"{', '.join(NORMS)}")
+        for v in filter(None, values.split(",")):
+            try:
+                value = float(Fraction(v)) if "/" in v else float(v)
+            except (ValueError, ZeroDivisionError):
+                raise BadEpsilonError(f"--eps {v!r} is not a number (write 0.1 or 8/255)"
+                                      ) from None
+            for n in [norm] if norm else NORMS:
+                out.setdefault(n, []).append(value)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark adversarial attacks on quantized (binarized) neural networks: "
+        "cross a model zoo with an attack registry, verify every adversarial example, record "
+        "robust accuracy and cost, and render a leaderboard.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("list", help="list models, attacks, datasets or suites (one per line)")
+    p.add_argument("what", choices=["models", "attacks", "datasets", "suites"])
+    p.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. '*bnn*'")
+    p.add_argument("--long", action="store_true", help="add a description column")
+
+    p = sub.add_parser("run", help="run a suite or a custom grid and record every cell",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", default=None,
+                   help="suite to run (default: mnist5k); --models/--attacks/--eps/--n "
+                   "override its parts")
+    p.add_argument("--models", help="model names or wildcards, comma-separated")
+    p.add_argument("--attacks", help="attack names or wildcards, comma-separated")
+    p.add_argument("--eps", nargs="+", metavar="EPS",
+                   help="ε values: '0.1 8/255' for every norm, or 'linf=0.1,0.3 l2=1.5'")
+    p.add_argument("--n", type=int, help="number of test points (the first n of the split)")
+    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda")
+    p.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
+    p.add_argument("--force", action="store_true", help="recompute cells already recorded")
+    p.add_argument("--retrain", action="store_true", help="retrain models even if cached")
+    p.add_argument("--results", type=Path, default=None,
+                   help="records folder (default: results/records of the project)")
+    p.add_argument("--data-root", default=None,
+                   help="folder with dataset files (default: $QBENCH_DATA or .cache/qbench/data)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("show", help="print a model's card (trains it if needed)")
+    p.add_argument("model")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("train", help="train (or verify the cache of) models")
+    p.add_argument("models", help="model names or wildcards, comma-separated")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--retrain", action="store_true", help="retrain even if cached")
+    p.add_argument("--data-root", default=None)
+    return parser
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import fnmatch
+
+    from attacks import attack_spec, list_attacks
+    from bench.suites import SUITES
+    from zoo import list_datasets, list_models, model_spec
+    from zoo.data import dataset_info
+
+    if args.what == "models":
+        names = list_models(args.pattern)
+        describe = lambda n: model_spec(n).description  # noqa: E731
+    elif args.what == "attacks":
+        names = list_attacks(args.pattern)
+        describe = lambda n: attack_spec(n).description  # noqa: E731
+    elif args.what == "datasets":
+        names = fnmatch.filter(list_datasets(), args.pattern)
+        describe = lambda n: dataset_info(n).description  # noqa: E731
+    else:
+        names = fnmatch.filter(sorted(SUITES), args.pattern)
+        describe = lambda n: SUITES[n].description  # noqa: E731
+    for name in names:
+        print(f"{name}\t{describe(name)}" if args.long else name)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.runner import build_grid, run_grid
+    from bench.suites import DEFAULT_SUITE, get_suite
+
+    custom = args.suite is None and args.models is not None
+    suite = get_suite(args.suite or DEFAULT_SUITE)
+    if custom:
+        from zoo import model_spec
+        from zoo.errors import match_names
+        from zoo.registry import list_models
+
+        first = match_names(args.models, list_models(), "model")[0]
+        dataset, name = model_spec(first).dataset, "custom"
+    else:
+        dataset, name = suite.dataset, suite.name
+    grid = build_grid(
+        suite=name, dataset=dataset, models=args.models or suite.models,
+        attacks=args.attacks or suite.attacks,
+        eps=parse_eps(args.eps) if args.eps else suite.eps,
+        n=args.n if args.n is not None else suite.n, seed=args.seed, data_root=args.data_root,
+    )
+    summary = run_grid(grid, device=args.device, results_root=args.results, force=args.force,
+                       retrain=args.retrain, progress=not args.no_progress,
+                       data_root=args.data_root)
+    from results import cells_path
+
+    print(f"suite {grid.suite}: {summary.ran} cells run, {summary.skipped} already recorded, "
+          f"{summary.errors} errors -> {cells_path(grid.suite, args.results)}")
+    for r in summary.records:
+        acc = "error" if r.robust_acc is None else f"{r.robust_acc:.3f}"
+        print(f"  {r.model:32s} {r.attack:16s} {r.norm:4s} ε={r.eps:<8g} clean={r.clean_acc:.3f}"
+              f" robust={acc} ({r.seconds_per_sample * 1e3:.2f} ms/sample)")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from bench.runner import resolve_device
+    from zoo import get_model
+
+    _, card = get_model(args.model, device=resolve_device(args.device))
+    print(json.dumps(card, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from bench.runner import resolve_device
+    from zoo import get_model, list_models
+    from zoo.errors import match_names
+
+    device = resolve_device(args.device)
+    for name in match_names(args.models, list_models(), "model"):
+        _, card = get_model(name, device=device, retrain=args.retrain, data_root=args.data_root)
+        print(f"{name}\tclean_acc={card['clean_acc']:.4f}\ttrain_seconds={card['train_seconds']}"
+              f"\tsha256={card['weights_sha256'][:12]}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from results import RecordError
+    from zoo.errors import QBenchError
+
+    args = build_parser().parse_args(argv)
+    handler = {"list": cmd_list, "run": cmd_run, "show": cmd_show, "train": cmd_train}
+    try:
+        return handler[args.command](args)
+    except QBenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RecordError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: every finished cell is already recorded", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

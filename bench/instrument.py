@@ -1,0 +1,39 @@
+"""An instrumented model wrapper: counts forward and backward passes per sample.
+
+Every attack (ours and the libraries') is run through it, so query costs are measured the
+same way for all of them. A backward pass is counted when a gradient flows back through the
+model's output.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class CountingModel(nn.Module):
+    """Wraps a model; ``forwards`` and ``backwards`` count samples passed each way."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.forwards = 0
+        self.backwards = 0
+
+    def reset(self) -> None:
+        self.forwards = 0
+        self.backwards = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        n = int(x.shape[0])
+        self.forwards += n
+        if out.requires_grad:
+            out.register_hook(self._backward_hook(n))
+        return out
+
+    def _backward_hook(self, n: int):
+        def hook(grad: torch.Tensor) -> None:
+            self.backwards += n
+
+        return hook

@@ -1,0 +1,162 @@
+"""Typed schema of the benchmark's records, checked on every write and every load.
+
+One :class:`CellRecord` per (model, attack, norm, ε) cell of a suite, and one
+:class:`ModelRecord` per model and suite (clean accuracy, card, gradient diagnostics). Numbers
+are stored as JSON numbers, never as strings; each record says what produced it.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+class RecordError(ValueError):
+    """A record that does not match the schema (the message names the field)."""
+
+
+@dataclass
+class CellRecord:
+    """The outcome of one attack at one ε on the first ``n`` test points of one model."""
+
+    key: str  # identity of the computation: same key, same result
+    suite: str
+    dataset: str
+    model: str
+    model_sha256: str
+    attack: str
+    attack_config: dict[str, Any]
+    norm: str
+    eps: float
+    n: int  # test points in the cell
+    n_attacked: int  # of which correctly classified, hence attacked
+    clean_acc: float
+    robust_acc: float | None  # None when the attack failed with an error
+    seconds: float  # wall time of the attack on the attacked points
+    seconds_per_sample: float  # seconds / n_attacked
+    device: str
+    seed: int
+    robust: list[int]  # per test point: 1 = still correct after the attack, 0 = broken or wrong
+    inputs_sha256: str  # hash of the exact test inputs and labels
+    status: str = "ok"  # "ok" or "error"
+    error: str | None = None
+    rejected: int = 0  # candidates that fooled the model but broke the threat model
+    forwards_per_sample: float | None = None
+    backwards_per_sample: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # attack-specific (β statistics …)
+    versions: dict[str, str] = field(default_factory=dict)
+    hardware: str = ""
+    created: str = ""  # UTC ISO time
+    schema_version: int = SCHEMA_VERSION
+
+    def validate(self) -> CellRecord:
+        _check_types(self)
+        if self.norm not in ("linf", "l2"):
+            raise RecordError(f"norm must be 'linf' or 'l2', got {self.norm!r}")
+        if self.status not in ("ok", "error"):
+            raise RecordError(f"status must be 'ok' or 'error', got {self.status!r}")
+        if not (math.isfinite(self.eps) and self.eps >= 0):
+            raise RecordError(f"eps must be a finite number >= 0, got {self.eps!r}")
+        if not 0 <= self.n_attacked <= self.n or len(self.robust) != self.n:
+            raise RecordError(f"n={self.n}, n_attacked={self.n_attacked} and "
+                              f"len(robust)={len(self.robust)} are inconsistent")
+        _check_fraction("clean_acc", self.clean_acc)
+        if self.status == "ok":
+            if self.robust_acc is None:
+                raise RecordError("robust_acc is required when status is 'ok'")
+            _check_fraction("robust_acc", self.robust_acc)
+            if abs(self.robust_acc - sum(self.robust) / self.n) > 1e-9:
+                raise RecordError("robust_acc does not equal the mean of the robust vector")
+            if self.robust_acc > self.clean_acc + 1e-9:
+                raise RecordError("robust_acc is larger than clean_acc")
+        elif not self.error:
+            raise RecordError("an error record needs its error message")
+        if any(v not in (0, 1) for v in self.robust):
+            raise RecordError("robust must hold only 0 and 1")
+        return self
+
+
+@dataclass
+class ModelRecord:
+    """What a suite knows about one model: its card, clean accuracy and diagnostics."""
+
+    suite: str
+    dataset: str
+    model: str
+    model_sha256: str
+    clean_acc: float  # on the suite's n test points
+    n: int
+    card: dict[str, Any] = field(default_factory=dict)
+    diagnostics: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    hardware: str = ""
+    created: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def validate(self) -> ModelRecord:
+        _check_types(self)
+        _check_fraction("clean_acc", self.clean_acc)
+        return self
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise RecordError(f"{name} must be a fraction in [0, 1], got {value!r}")
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, t) for t in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if origin is dict:
+        k, v = typing.get_args(tp)
+        return isinstance(value, dict) and all(
+            _matches(a, k) and _matches(b, v) for a, b in value.items())
+    return isinstance(value, tp)
+
+
+def _check_types(record: Any) -> None:
+    hints = typing.get_type_hints(type(record))
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if not _matches(value, hints[f.name]):
+            raise RecordError(
+                f"field {f.name!r} must be {hints[f.name]}, got {type(value).__name__} "
+                f"{value!r:.60}")
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Build and validate a record from a JSON object; unknown or missing fields are errors."""
+    if not isinstance(data, dict):
+        raise RecordError(f"a record must be a JSON object, got {type(data).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise RecordError(f"unknown fields {unknown}")
+    try:
+        record = cls(**data)
+    except TypeError as exc:
+        raise RecordError(str(exc)) from None
+    if record.schema_version != SCHEMA_VERSION:
+        raise RecordError(f"schema_version {record.schema_version} is not {SCHEMA_VERSION}")
+    return record.validate()
+
+
+def to_dict(record: Any) -> dict[str, Any]:
+    return asdict(record)
