@@ -163,6 +163,7 @@ def attack_cell(
     n_att = max(len(idx), 1)
     out.update(
         robust=[int(v) for v in robust.tolist()],
+        clean_correct=[int(v) for v in clean_correct.tolist()],
         seconds=round(seconds, 6),
         seconds_per_sample=seconds / n_att,
         forwards_per_sample=counted.forwards / n_att,

@@ -18,3 +18,7 @@ __all__ = [
     "cells_path", "latest_cells", "latest_models", "list_suites", "load", "load_models",
     "models_path",
 ]
+
+from results.bestknown import best_known  # noqa: E402
+
+__all__ += ["best_known"]

@@ -42,6 +42,7 @@ class CellRecord:
     device: str
     seed: int
     robust: list[int]  # per test point: 1 = still correct after the attack, 0 = broken or wrong
+    clean_correct: list[int]  # per test point: 1 = correct on the clean input
     inputs_sha256: str  # hash of the exact test inputs and labels
     status: str = "ok"  # "ok" or "error"
     error: str | None = None
@@ -62,9 +63,12 @@ class CellRecord:
             raise RecordError(f"status must be 'ok' or 'error', got {self.status!r}")
         if not (math.isfinite(self.eps) and self.eps >= 0):
             raise RecordError(f"eps must be a finite number >= 0, got {self.eps!r}")
-        if not 0 <= self.n_attacked <= self.n or len(self.robust) != self.n:
-            raise RecordError(f"n={self.n}, n_attacked={self.n_attacked} and "
-                              f"len(robust)={len(self.robust)} are inconsistent")
+        if (not 0 <= self.n_attacked <= self.n or len(self.robust) != self.n
+                or len(self.clean_correct) != self.n or sum(self.clean_correct) != self.n_attacked):
+            raise RecordError(f"n={self.n}, n_attacked={self.n_attacked}, len(robust)="
+                              f"{len(self.robust)} and clean_correct are inconsistent")
+        if any(r > c for r, c in zip(self.robust, self.clean_correct, strict=True)):
+            raise RecordError("a point is robust but not correct on its clean input")
         _check_fraction("clean_acc", self.clean_acc)
         if self.status == "ok":
             if self.robust_acc is None:
@@ -76,8 +80,8 @@ class CellRecord:
                 raise RecordError("robust_acc is larger than clean_acc")
         elif not self.error:
             raise RecordError("an error record needs its error message")
-        if any(v not in (0, 1) for v in self.robust):
-            raise RecordError("robust must hold only 0 and 1")
+        if any(v not in (0, 1) for v in self.robust + self.clean_correct):
+            raise RecordError("robust and clean_correct must hold only 0 and 1")
         return self
 
 
