@@ -76,7 +76,9 @@ def get_model(
     A cached file that fails its sha256 check raises CorruptWeightsError unless ``retrain``.
     """
     spec = model_spec(name)
-    model = spec.factory()
+    with torch.random.fork_rng():  # seeded initialisation, global RNG left untouched
+        torch.manual_seed(spec.recipe.seed)
+        model = spec.factory()
     card = None if retrain else read_card(name)
     if card is not None and card.get("recipe_id") == spec.recipe_id:
         model.load_state_dict(load_weights(name, card))

@@ -1,0 +1,33 @@
+"""Shared fixtures. Tests never write into results/records: they use tmp folders.
+
+Trained weights are cached under ``.cache/qbench-tests`` (verified by sha256 like any cache),
+so a second test run does not retrain; set QBENCH_CACHE to override.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("QBENCH_CACHE", str(ROOT / ".cache" / "qbench-tests"))
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from zoo import load_dataset
+
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def digits_models():
+    """The three digits MLPs (trained once, a few seconds each)."""
+    from zoo import get_model
+
+    return {q: get_model(f"digits-mlp5x100-{q}", progress=False)[0]
+            for q in ("ref", "bnn-wq", "bnn-waq")}
