@@ -67,6 +67,8 @@ class CellRecord:
                 or len(self.clean_correct) != self.n or sum(self.clean_correct) != self.n_attacked):
             raise RecordError(f"n={self.n}, n_attacked={self.n_attacked}, len(robust)="
                               f"{len(self.robust)} and clean_correct are inconsistent")
+        if any(v not in (0, 1) for v in self.robust + self.clean_correct):
+            raise RecordError("robust and clean_correct must hold only 0 and 1")
         if any(r > c for r, c in zip(self.robust, self.clean_correct, strict=True)):
             raise RecordError("a point is robust but not correct on its clean input")
         _check_fraction("clean_acc", self.clean_acc)
@@ -80,8 +82,6 @@ class CellRecord:
                 raise RecordError("robust_acc is larger than clean_acc")
         elif not self.error:
             raise RecordError("an error record needs its error message")
-        if any(v not in (0, 1) for v in self.robust + self.clean_correct):
-            raise RecordError("robust and clean_correct must hold only 0 and 1")
         return self
 
 

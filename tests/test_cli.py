@@ -1,0 +1,75 @@
+"""The command line: listing, running, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import results
+from bench.cli import main, parse_eps
+
+
+def test_list_prints_one_name_per_line(capsys):
+    assert main(["list", "models", "mnist5k-*-bnn-waq"]) == 0
+    assert capsys.readouterr().out.split() == ["mnist5k-mlp3x512-bnn-waq",
+                                              "mnist5k-mlp5x100-bnn-waq"]
+    assert main(["list", "attacks"]) == 0
+    names = capsys.readouterr().out.splitlines()
+    assert {"fgsm", "pgd-linf", "pgd-l2"} <= set(names) and all("\t" not in n for n in names)
+
+
+def test_parse_eps_accepts_paper_units_and_norms():
+    assert parse_eps(["8/255"]) == {"linf": [8 / 255], "l2": [8 / 255]}
+    assert parse_eps(["linf=0.1,0.3", "l2=1.5"]) == {"linf": [0.1, 0.3], "l2": [1.5]}
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["run", "--models", "mnist5k-mlp5x100-bnn-wqa", "--attacks", "fgsm"],
+     "mnist5k-mlp5x100-bnn-waq"),
+    (["run", "--models", "digits-mlp5x100-ref", "--attacks", "pgd-linff"], "pgd-linf"),
+    (["run", "--models", "digits-mlp5x100-ref", "--attacks", "fgsm", "--eps", "-1"],
+     "out of range for the linf norm"),
+    (["run", "--models", "digits-mlp5x100-ref", "--attacks", "fgsm", "--eps", "nan"],
+     "finite number"),
+    (["run", "--models", "digits-mlp5x100-ref", "--attacks", "fgsm", "--eps", "abc"],
+     "not a number"),
+    (["run", "--models", "digits-mlp5x100-ref", "--attacks", "fgsm", "--eps", "l3=1"],
+     "unknown norm"),
+    (["run", "--suite", "digits", "--n", "100000"], "n must be between 1 and 300"),
+    (["run", "--suite", "nope"], "unknown suite"),
+    (["run", "--suite", "digits", "--device", "tpu"], "unknown device"),
+    (["show", "cifar10-mlp"], "unknown model"),
+])
+def test_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path):
+    code = main([*argv, "--results", str(tmp_path)] if argv[0] == "run" else argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_missing_data_without_network_is_one_line(tmp_path, capsys):
+    code = main(["run", "--models", "mnist-mlp5x100-ref", "--attacks", "fgsm", "--eps", "0.1",
+                 "--data-root", str(tmp_path / "none"), "--results", str(tmp_path)])
+    err = capsys.readouterr().err
+    if code == 0:
+        pytest.skip("this machine can download MNIST")
+    assert code == 2 and "'mnist'" in err and "--data-root" in err and err.count("\n") == 1
+
+
+def test_run_then_rerun_skips(tmp_path, capsys, digits_models):
+    argv = ["run", "--models", "digits-mlp5x100-ref", "--attacks", "fgsm", "--eps", "0.1",
+            "--n", "40", "--results", str(tmp_path), "--no-progress"]
+    assert main(argv) == 0
+    assert "1 cells run, 0 already recorded" in capsys.readouterr().out
+    assert main(argv) == 0
+    assert "0 cells run, 1 already recorded" in capsys.readouterr().out
+    assert len(results.load("custom", root=tmp_path)) == 1
+
+
+def test_help_explains():
+    out = subprocess.run([sys.executable, "-m", "bench", "run", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    for word in ("--models", "--attacks", "--eps", "8/255", "--force", "--device", "--seed"):
+        assert word in out
