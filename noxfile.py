@@ -1,0 +1,74 @@
+"""Sessions: ``nox -s tests`` (default), ``benchmark``, ``site``, ``perf``, ``lint``.
+
+Every session installs the project (and everything it needs) into its own virtualenv;
+virtualenvs are reused between runs (pass ``--reuse-venv=no`` for a fresh one).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_venv = "yes"
+
+PERF_STORAGE = "file://benchmarks/.baselines"
+
+
+def install(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+
+
+def ensure_chromium(session: nox.Session) -> None:
+    """The site tests drive a real headless Chromium (Debian's package)."""
+    if shutil.which("chromium"):
+        return
+    if shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0:
+        session.run("apt-get", "update", "-qq", external=True)
+        session.run("apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium",
+                    external=True, env={"DEBIAN_FRONTEND": "noninteractive"})
+    else:
+        session.warn("chromium is not installed and cannot be installed here: "
+                     "the browser tests will be skipped (apt-get install chromium)")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite (a few minutes on a 2-core CPU)."""
+    install(session)
+    ensure_chromium(session)
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def benchmark(session: nox.Session) -> None:
+    """Train the zoo, run the default suite, then render the leaderboard into public/."""
+    install(session)
+    session.run("python", "-m", "bench", "run", "--suite", "mnist5k", *session.posargs)
+    session.run("python", "-m", "leaderboard", "--out", "public")
+
+
+@nox.session
+def site(session: nox.Session) -> None:
+    """Render the leaderboard from the committed records into public/."""
+    install(session)
+    session.run("python", "-m", "leaderboard", "--out", "public", *session.posargs)
+
+
+@nox.session
+def perf(session: nox.Session) -> None:
+    """Timing-regression checks (pytest-benchmark) against the committed baseline."""
+    install(session)
+    session.run(
+        "pytest", "benchmarks", "--benchmark-enable", f"--benchmark-storage={PERF_STORAGE}",
+        "--benchmark-compare", "--benchmark-compare-fail=median:25%",
+        "--benchmark-columns=min,median,mean,rounds", *session.posargs,
+    )
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", ".")
