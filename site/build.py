@@ -1,64 +1,134 @@
-"""Render the leaderboard: one static page from the records (Jinja, autoescape on)."""
+"""Render the static leaderboard from the committed records (Jinja, autoescape on).
+
+Pages, all in one flat folder so every link is a plain relative file name (the site works
+opened from disk):
+
+- ``index.html``: the suites, when and with what they were run, and a models × threat-model
+  overview of best-known robust accuracy with the warning flags;
+- ``board-<suite>-<norm>-<ε>.html``: one leaderboard per suite and threat model;
+- ``attacks.html``: strength (gap to best-known) and cost of every attack;
+- ``models.html`` and ``model-<name>.html``: the model cards, diagnostics and curves;
+- ``img/*.png`` (matplotlib), ``style.css``, ``sort.js`` (sortable tables, no framework).
+"""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-import pandas as pd
-from jinja2 import Environment, FileSystemLoader, select_autoescape
-
-import results
-from bench import provenance
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from leaderboard import data, plots
 
 HERE = Path(__file__).resolve().parent
 
 
+def _pct(v) -> str:
+    f = data.num(v)
+    return "—" if f is None else f"{100 * f:.1f}"
+
+
+def _sortval(v) -> str:
+    f = data.num(v)
+    return "" if f is None else repr(f)
+
+
 def environment() -> Environment:
     env = Environment(loader=FileSystemLoader(HERE / "templates"),
-                      autoescape=select_autoescape(["html"]))
-    env.filters["pct"] = lambda v: "—" if v is None or pd.isna(v) else f"{100 * v:.1f}"
+                      autoescape=select_autoescape(["html"]), undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters["pct"] = _pct
+    env.filters["sortval"] = _sortval
+    env.filters["num"] = data.fmt_number
+    env.filters["ms"] = lambda v: "—" if data.num(v) is None else f"{1000 * data.num(v):.3g}"
+    env.filters["passes"] = lambda v: "—" if data.num(v) is None else f"{data.num(v):.4g}"
+    env.globals.update(BADGES=data.BADGES, KIND_LABEL=data.KIND_LABEL,
+                       thresholds={"zero_grad": data.ZERO_GRAD_SHARE, "pp_gap": data.PP_GAP,
+                                   "free": data.GRADIENT_FREE_MARGIN},
+                       date_range=data.date_range)
     return env
 
 
-def leaderboard_tables(cells: pd.DataFrame, models: pd.DataFrame) -> list[dict]:
-    """One table per (suite, norm, ε): models × attacks of robust accuracy."""
-    tables = []
-    if cells.empty:
-        return tables
-    clean = dict(zip(models["model"], models["clean_acc"], strict=False)) if len(models) else {}
-    for (suite, norm, eps), group in cells.groupby(["suite", "norm", "eps"], sort=True):
-        attacks = sorted(group["attack"].unique())
-        rows = []
-        for model, mg in group.groupby("model"):
-            by_attack = {r.attack: r for r in mg.itertuples()}
-            accs = [by_attack[a].robust_acc if a in by_attack else None for a in attacks]
-            ok = [a for a in accs if a is not None and not pd.isna(a)]
-            rows.append({
-                "model": model,
-                "clean": clean.get(model, mg["clean_acc"].iloc[0]),
-                "cells": [by_attack.get(a) for a in attacks],
-                "worst": min(ok) if ok else None,
-            })
-        rows.sort(key=lambda r: (-1 if r["worst"] is None else -r["worst"], r["model"]))
-        tables.append({"suite": suite, "norm": norm, "eps": eps, "attacks": attacks,
-                       "rows": rows})
-    return tables
+def _plots(out_dir: Path, rec: data.Records, pages: list[dict], attack_rows: list[dict]) -> dict:
+    """Draw every figure; returns {'attacks': the cost plot (src, w, h) or None}."""
+    img = out_dir / "img"
+    kinds = {r.attack: data.attack_kind(r.attack, r.attack_config)
+             for r in rec.cells.itertuples()}
+    best = {}
+    for r in rec.best.itertuples():
+        best.setdefault((r.suite, r.model, r.norm), []).append((float(r.eps),
+                                                                float(r.best_known_acc)))
+    for page in pages:
+        mc = rec.cells[(rec.cells["model"] == page["name"]) & (rec.cells["status"] == "ok")]
+        for s in page["suites"]:
+            sc = mc[mc["suite"] == s["name"]]
+            for norm in sorted(set(sc["norm"]), key=lambda n: (n != "linf", n)):
+                nc = sc[sc["norm"] == norm]
+                series = {}
+                for attack, g in nc.groupby("attack"):
+                    series[attack] = [(float(e), float(a))
+                                      for e, a in zip(g["eps"], g["robust_acc"], strict=True)]
+                name = f"curve-{data.slug(page['name'])}-{data.slug(s['name'])}-{norm}.png"
+                w, h = plots.curves(img / name, norm=norm, series=series, kinds=kinds,
+                             best=best.get((s["name"], page["name"], norm), []),
+                             title=f"{page['name']} · {s['name']} · "
+                                   f"{data.NORM_LABEL.get(norm, norm)}")
+                s["plots"].append({"src": f"img/{name}", "w": w, "h": h,
+                                   "alt": f"robust accuracy against ε ({norm}) for every "
+                                          f"attack on {page['name']}, suite {s['name']}"})
+        if page["flips"] and rec.fliprate is not None:
+            fr = rec.fliprate[rec.fliprate["model"] == page["name"]]
+            series = {a: [(float(e), float(f)) for e, f in zip(g["eps"], g["flip_rate"],
+                                                               strict=True)]
+                      for a, g in fr.groupby("attack")}
+            name = f"fliprate-{data.slug(page['name'])}.png"
+            w, h = plots.fliprate(img / name, title=f"{page['name']}: flip rate under L∞ bounds",
+                           series=series)
+            page["flip_plot"] = {"src": f"img/{name}", "w": w, "h": h,
+                                 "alt": f"flip rate against ε for {page['name']}"}
+    size = plots.cost_strength(img / "attacks-cost.png", attack_rows)
+    return {"attacks": {"src": "img/attacks-cost.png", "w": size[0], "h": size[1]}
+            if size else None}
 
 
 def build_site(records_root: Path | None, out_dir: Path) -> Path:
-    """Write ``out_dir/index.html`` (and assets) from the records; returns the index path."""
-    cells = results.load(root=records_root)
-    models = results.load_models(root=records_root)
+    """Write the whole site into ``out_dir`` from the records; returns the index path."""
+    out_dir = Path(out_dir)
+    rec = data.load(records_root)
+    boards = data.boards(rec)
+    suites = data.suites(rec, boards)
+    attack_rows, gap_matrix = data.attack_stats(rec)
+    pages = data.model_pages(rec, boards)
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(HERE / "static" / "style.css", out_dir / "style.css")
-    page = environment().get_template("index.html").render(
-        tables=leaderboard_tables(cells, models),
-        n_cells=len(cells),
-        suites=sorted(cells["suite"].unique()) if len(cells) else [],
-        versions=provenance.versions(),
-        generated=provenance.now(),
-    )
-    index = out_dir / "index.html"
-    index.write_text(page, encoding="utf-8")
+    if (out_dir / "img").is_dir():
+        shutil.rmtree(out_dir / "img")  # no stale figures of models that left the records
+    for stale in list(out_dir.glob("board-*.html")) + list(out_dir.glob("model-*.html")):
+        stale.unlink()
+    for asset in ("style.css", "sort.js"):
+        shutil.copy(HERE / "static" / asset, out_dir / asset)
+    figures = _plots(out_dir, rec, pages, attack_rows)
+
+    env = environment()
+    everything = data.provenance(rec.cells, rec.models)
+    nav = {"suites": [{"name": s["name"], "boards": s["boards"]} for s in suites]}
+
+    def write(name: str, template: str, **context) -> Path:
+        html = env.get_template(template).render(nav=nav, page=name, **context)
+        path = out_dir / name
+        path.write_text(html, encoding="utf-8")
+        return path
+
+    index = write("index.html", "index.html", suites=suites, provenance=everything,
+                  n_cells=len(rec.cells), notes=rec.notes,
+                  flip_models=[p for p in pages if p["flips"]])
+    for s in suites:
+        for b in s["boards"]:
+            write(b["file"], "board.html", board=b, suite=s, provenance=b["provenance"])
+    write("attacks.html", "attacks.html", attacks=attack_rows, matrix=gap_matrix,
+          cost_plot=figures["attacks"], provenance=everything)
+    summaries = {m["model"]: m for s in suites for m in s["matrix"]}
+    write("models.html", "models.html", pages=pages, summaries=summaries,
+          provenance=data.provenance(rec.models, rec.cells))
+    for p in pages:
+        write(p["file"], "model.html", model=p, provenance=p["provenance"])
     return index

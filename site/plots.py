@@ -1,0 +1,135 @@
+"""Static figures (matplotlib's Agg canvas, no pyplot state): PNG files under ``img/``."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+from leaderboard.data import NORM_LABEL, fmt_eps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+PALETTE = ["#1f4e8c", "#d1495b", "#2a9d8f", "#e9a23b", "#7b4fa0", "#6c8a2b", "#c2185b",
+           "#3d7dca", "#8d6e63", "#00838f", "#ef6c00", "#546e7a"]
+STYLE = {"": "-", "njs": "--", "hns": "-.", "fixed": ":"}
+INK, MUTED, GRID = "#1b2230", "#5b6577", "#e3e7ee"
+
+
+def _text(s: str) -> str:
+    """Record text as plain matplotlib text: no mathtext, not hidden from the legend."""
+    s = str(s).replace("$", r"\$")
+    return f"·{s}" if s.startswith("_") else s
+
+
+def _family(attack: str) -> tuple[str, str]:
+    m = re.match(r"^(.*?)-(njs|hns|beta[0-9.]+)$", attack)
+    if not m:
+        return attack, ""
+    return m.group(1), "fixed" if m.group(2).startswith("beta") else m.group(2)
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _style_axes(ax) -> None:
+    ax.grid(True, color=GRID, linewidth=0.8)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    for side in ("left", "bottom"):
+        ax.spines[side].set_color("#9aa3b2")
+    ax.tick_params(colors=MUTED, labelsize=8.5)
+
+
+def _save(fig: Figure, path: Path) -> tuple[int, int]:
+    """Write the PNG; returns its size in pixels (for the img tag)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", metadata={"Software": None}, facecolor="white")
+    w, h = fig.get_size_inches() * fig.dpi
+    return round(w), round(h)
+
+
+def curves(path: Path, *, title: str, norm: str, series: dict[str, list[tuple[float, float]]],
+           best: list[tuple[float, float]], kinds: dict[str, str]) -> tuple[int, int]:
+    """Robust accuracy (%) against ε: one line per attack, best-known as a wide grey band."""
+    fig = _figure(6.4, 3.6)
+    ax = fig.add_subplot()
+    _style_axes(ax)
+    colours: dict[str, str] = {}
+    if best:
+        xs, ys = zip(*sorted(best), strict=True)
+        ax.plot(xs, [100 * y for y in ys], color="#1b2230", alpha=0.18, linewidth=9,
+                solid_capstyle="round", label="best known", zorder=1)
+    for attack in sorted(series, key=lambda a: (kinds.get(a) == "gradient-free", a)):
+        pts = sorted(series[attack])
+        base, variant = _family(attack)
+        colour = colours.setdefault(base, PALETTE[len(colours) % len(PALETTE)])
+        xs, ys = zip(*pts, strict=True)
+        free = kinds.get(attack) == "gradient-free"
+        ax.plot(xs, [100 * y for y in ys], linestyle=STYLE[variant], color=colour,
+                marker="s" if free else "o", markersize=4, linewidth=1.6,
+                label=_text(attack), zorder=3)
+    eps = sorted({x for pts in series.values() for x, _ in pts})
+    ax.set_xticks(eps, [fmt_eps(e) for e in eps])
+    ax.set_ylim(-3, 103)
+    ax.set_xlabel(f"ε ({NORM_LABEL.get(norm, norm)})", color=MUTED, fontsize=9)
+    ax.set_ylabel("robust accuracy (%)", color=MUTED, fontsize=9)
+    ax.set_title(_text(title), loc="left", fontsize=10, color=INK)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8,
+              handlelength=2.6)
+    return _save(fig, path)
+
+
+def fliprate(path: Path, *, title: str,
+             series: dict[str, list[tuple[float, float]]]) -> tuple[int, int]:
+    """Share of test points whose prediction flips, against the L∞ bound, per attack."""
+    fig = _figure(7.4, 3.4)
+    ax = fig.add_subplot()
+    _style_axes(ax)
+    for i, attack in enumerate(sorted(series)):
+        xs, ys = zip(*sorted(series[attack]), strict=True)
+        ax.plot(xs, [100 * y for y in ys], color=PALETTE[i % len(PALETTE)], marker="o",
+                markersize=4, linewidth=1.8, label=_text(attack))
+    ax.set_ylim(-3, 103)
+    ax.set_xlabel("ε (L∞)", color=MUTED, fontsize=9)
+    ax.set_ylabel("flip rate (%)", color=MUTED, fontsize=9)
+    ax.set_title(_text(title), loc="left", fontsize=10, color=INK)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+    return _save(fig, path)
+
+
+KIND_COLOUR = {"gradient": "#1f4e8c", "pgd++": "#2a9d8f", "gradient-free": "#d1495b"}
+
+
+def cost_strength(path: Path, rows: list[dict]) -> tuple[int, int] | None:
+    """Attacks as points: seconds per sample (log) against mean gap to best-known."""
+    pts = [r for r in rows if r["sps"] and r["gap"] is not None]
+    if not pts:
+        return None
+    fig = _figure(7.4, 3.8)
+    ax = fig.add_subplot()
+    _style_axes(ax)
+    for kind, colour in KIND_COLOUR.items():
+        sel = [r for r in pts if r["kind"] == kind]
+        if sel:
+            ax.scatter([1000 * r["sps"] for r in sel], [100 * r["gap"] for r in sel], s=28,
+                       color=colour, label=kind, zorder=3)
+    placed: list[tuple[float, float, int]] = []  # crude de-overlap of the labels
+    for r in sorted(pts, key=lambda r: (r["gap"], r["sps"])):
+        x, y = math.log10(1000 * r["sps"]), 100 * r["gap"]
+        shift = sum(1 for px, py, _ in placed if abs(px - x) < 0.35 and abs(py - y) < 4)
+        placed.append((x, y, shift))
+        ax.annotate(_text(r["name"]), (1000 * r["sps"], 100 * r["gap"]), fontsize=7,
+                    color=MUTED, xytext=(4, 3 + 9 * shift), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("milliseconds per attacked sample (median, log scale)", color=MUTED,
+                  fontsize=9)
+    ax.set_ylabel("mean gap to best known (points)", color=MUTED, fontsize=9)
+    ax.set_title("Cost and strength of each attack (lower left is better)", loc="left",
+                 fontsize=10, color=INK)
+    ax.legend(frameon=False, fontsize=8, loc="upper right")
+    return _save(fig, path)
