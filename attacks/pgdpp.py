@@ -1,0 +1,348 @@
+"""PGD++ / FGSM++: gradient attacks on temperature-scaled logits (../shared/spec/pgdpp.md §4).
+
+A positive β on the logits changes no prediction but undoes the softmax saturation that masks
+the gradient of binarized networks. Two ways of choosing β, both :class:`LogitScaler` s that plug
+into :class:`attacks.gradient.GradientAttack`:
+
+* :class:`NJSScaler` (Network Jacobian Scaling): β1 = 1 / mean singular value of the
+  input-output Jacobian, once per model (:func:`njs_beta1`, cached per model object), times a
+  per-sample, per-step β2 = c(ρ)/γ when the true class is already too confident.
+* :class:`HNSScaler` (Hessian Norm Scaling): per sample, once at the start point, the β of a
+  100-point grid maximising ‖∂²ℓ/∂x²‖_F, computed exactly through the Gram identity
+  ‖Jᵀ S J‖²_F = tr(S G S G), G = J Jᵀ (d × d); no N × N Hessian is ever formed.
+
+Importing this module registers the ++ attacks, the fixed-β heuristic, DLR-loss variants and
+a 5-restart PGD.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Any
+
+import torch
+from torch import nn
+
+from attacks.gradient import FixedTemperature, GradientAttack, LogitScaler
+from attacks.registry import register_attack
+
+#: the NJS confidence threshold ρ of the paper
+NJS_RHO = 0.01
+#: number of test images the reference uses for β1
+NJS_N_REF = 101
+#: HNS grid: ``HNS_GRID`` values of β from c(1 − 1/d − 0.01)/γ to c(HNS_RHO_MIN)/γ
+HNS_GRID = 100
+HNS_RHO_MIN = 1e-72
+
+
+def c_rho(rho: float, d: int) -> float:
+    """Proposition 1's constant: 1 − softmax(βa)_top > ρ whenever β < c(ρ)/(a_max − a_min)."""
+    return -math.log(rho / ((d - 1) * (1.0 - rho)))
+
+
+# --------------------------------------------------------------------------------------------
+# Jacobians
+
+
+def _eval_mode(model: nn.Module) -> bool:
+    was_training = model.training
+    model.eval()
+    return was_training
+
+
+def logits_and_jacobian(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``(B, d)`` and input-output Jacobians ``(B, d, N)`` (N = inputs per sample).
+
+    One forward pass and one vmapped backward pass over the d one-hot cotangents
+    (``is_grads_batched``); falls back to d ordinary backward passes when the model does not
+    support batched gradients. Samples must not interact (eval mode): rows are per sample.
+    """
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        out = model(xg)
+        b, d = out.shape
+        eye = torch.eye(d, dtype=out.dtype, device=out.device)
+        try:
+            (g,) = torch.autograd.grad(out, xg, grad_outputs=eye[:, None].expand(d, b, d),
+                                       is_grads_batched=True)
+            jac = g.reshape(d, b, -1).transpose(0, 1)
+        except (RuntimeError, NotImplementedError):  # no batching rule: d backward passes
+            xg = x.detach().requires_grad_(True)
+            out = model(xg)
+            rows = [torch.autograd.grad(out[:, k].sum(), xg, retain_graph=k < d - 1)[0]
+                    for k in range(d)]
+            jac = torch.stack([r.reshape(b, -1) for r in rows], dim=1)
+    return out.detach(), jac
+
+
+def input_jacobian(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Batched input-output Jacobian ``(B, d, N)`` of ``model`` at ``x``."""
+    return logits_and_jacobian(model, x)[1]
+
+
+def jacobian_singular_values(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """All d singular values of each sample's Jacobian, ``(B, d)``, model in eval mode."""
+    was_training = _eval_mode(model)
+    try:
+        return torch.linalg.svdvals(input_jacobian(model, x))
+    finally:
+        model.train(was_training)
+
+
+# --------------------------------------------------------------------------------------------
+# NJS
+
+_NJS_BETA1: weakref.WeakKeyDictionary[nn.Module, float] = weakref.WeakKeyDictionary()
+
+
+def njs_beta1(model: nn.Module, x_ref: torch.Tensor | None = None, *, n_ref: int = NJS_N_REF,
+              recompute: bool = False) -> float:
+    """NJS β1 of ``model``: 1 / mean of all Jacobian singular values over ``x_ref[:n_ref]``.
+
+    Computed once per model object and cached (weakly keyed by the model; a wrapper whose only
+    child is a cached model reuses its value): later calls return the cached value whatever
+    ``x_ref`` they pass, unless ``recompute``. Call it with the first
+    101 test images before attacking to pin the paper's calibration; otherwise the first NJS
+    attack on the model calibrates on its own batch (see :class:`NJSScaler`). A model whose
+    Jacobian vanishes everywhere gets β1 = 1 (no gradient to restore). Retraining a model in
+    place does not invalidate the cache: pass ``recompute=True`` then.
+    """
+    cached = None if recompute else cached_njs_beta1(model)
+    if cached is not None:
+        return cached
+    if x_ref is None or len(x_ref) == 0:
+        raise ValueError(f"NJS β1 of this model is not cached yet: pass reference inputs "
+                         f"(the first {n_ref} test images)")
+    mean_sv = float(jacobian_singular_values(model, x_ref[:n_ref]).double().mean())
+    beta1 = 1.0 / mean_sv if math.isfinite(mean_sv) and mean_sv > 0 else 1.0
+    _NJS_BETA1[model] = beta1
+    return beta1
+
+
+def cached_njs_beta1(model: nn.Module) -> float | None:
+    """The cached NJS β1 of ``model``, or None.
+
+    Transparent wrappers share their model's β1: when ``model`` itself is not cached, its
+    chain of only children is searched (e.g. the runner's ``CountingModel(model)``).
+    """
+    module: nn.Module | None = model
+    while module is not None:
+        if module in _NJS_BETA1:
+            return _NJS_BETA1[module]
+        children = list(module.children())
+        module = children[0] if len(children) == 1 else None
+    return None
+
+
+def njs_beta(logits: torch.Tensor, y: torch.Tensor, beta1: float,
+             rho: float = NJS_RHO) -> torch.Tensor:
+    """Per-sample effective NJS temperature ``(B,)`` (no gradient).
+
+    z = β1·a; where 1 − softmax(z)_y ≤ ρ, z is multiplied by β2 = c(ρ)/(max z − min z), so the
+    effective β is β1·β2 = c(ρ)/(max a − min a) there and β1 elsewhere.
+    """
+    a = logits.detach()
+    z = a * beta1
+    log_p_y = z.gather(1, y[:, None]).squeeze(1) - z.logsumexp(1)
+    confident = log_p_y >= math.log1p(-rho)
+    gap = (a.amax(1) - a.amin(1)).clamp_min(torch.finfo(a.dtype).tiny)
+    return torch.where(confident, c_rho(rho, a.shape[1]) / gap, torch.full_like(gap, beta1))
+
+
+class NJSScaler(LogitScaler):
+    """Network Jacobian Scaling: β1 per model, times β2 per sample and step when saturated.
+
+    β1 is ``beta1`` when given, else the model's cached :func:`njs_beta1`, else computed (and
+    cached) from the first ≤ 101 points of the batch being attacked, at their random starts.
+    """
+
+    name = "njs"
+
+    def __init__(self, *, rho: float = NJS_RHO, beta1: float | None = None,
+                 n_ref: int = NJS_N_REF) -> None:
+        if not 0 < rho < 1:
+            raise ValueError(f"rho must lie in (0, 1), got {rho}")
+        if beta1 is not None and not (math.isfinite(beta1) and beta1 > 0):
+            raise ValueError(f"beta1 must be a positive number, got {beta1}")
+        self.rho = float(rho)
+        self.beta1 = None if beta1 is None else float(beta1)
+        self.n_ref = int(n_ref)
+
+    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        beta1 = self.beta1 if self.beta1 is not None else njs_beta1(model, x, n_ref=self.n_ref)
+        return {"beta1": beta1, "betas": []}
+
+    def scale(self, logits: torch.Tensor, y: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
+        beta = njs_beta(logits, y, state["beta1"], self.rho)
+        state["betas"].append(beta)
+        return logits * beta[:, None]
+
+    def stats(self, states: list[dict[str, Any]]) -> dict[str, float]:
+        betas = [b for s in states for b in s["betas"]]
+        if not betas:
+            return {}
+        beta1 = states[0]["beta1"]
+        rescaled = torch.cat([b != b.new_tensor(s["beta1"]) for s in states for b in s["betas"]])
+        allb = torch.cat(betas).double()
+        return {"beta1": float(beta1), "beta_mean": float(allb.mean()),
+                "beta_min": float(allb.min()), "beta_max": float(allb.max()),
+                "beta2_share": float(rescaled.double().mean())}
+
+    def config(self) -> dict[str, Any]:
+        return {"scaler": self.name, "rho": self.rho, "beta1": self.beta1, "n_ref": self.n_ref}
+
+
+# --------------------------------------------------------------------------------------------
+# HNS
+
+
+def hessian_norm_sq(logits: torch.Tensor, gram: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
+    """‖∂²CE(βa)/∂x²‖²_F for piecewise-linear nets, for each sample and β: ``(B, K)``.
+
+    ``logits`` ``(B, d)``, ``gram`` = J Jᵀ ``(B, d, d)``, ``betas`` ``(B, K)``. The Hessian is
+    β² Jᵀ S J with S = diag(p) − p pᵀ, p = softmax(βa) (the label drops out), and
+    ‖Jᵀ S J‖²_F = tr(S G S G) = pᵀ(Ĝ∘Ĝ)p − 2 Σ_i p_i (Ĝp)_i² + (pᵀĜp)², where
+    Ĝ_ij = (e_i − e_t)ᵀ G (e_j − e_t) is the Gram matrix re-centred on the top class t. With
+    that centring the three terms are O(q²), O(q³), O(q⁴) in q = 1 − p_t, so saturated samples
+    do not cancel catastrophically; O(K d²) per sample, float64, no N × N matrix.
+    """
+    a = logits.detach().double()
+    g = gram.detach().double()
+    bet = betas.double()
+    t = a.argmax(1)
+    idx = torch.arange(len(a), device=a.device)
+    g_t = g[idx, t]  # (B, d): row t of G
+    g_c = g - g_t[:, :, None] - g_t[:, None, :] + g[idx, t, t][:, None, None]
+    p = torch.softmax(bet[..., None] * a[:, None, :], dim=-1)  # (B, K, d)
+    u = p @ g_c  # Ĝ symmetric: u = Ĝ p
+    quad = ((p @ (g_c * g_c)) * p).sum(-1)
+    tr = quad - 2 * (p * u * u).sum(-1) + (p * u).sum(-1).square()
+    return bet.pow(4) * tr.clamp_min(0.0)
+
+
+def hns_grid(logits: torch.Tensor, grid_size: int = HNS_GRID,
+             rho_min: float = HNS_RHO_MIN) -> torch.Tensor:
+    """The per-sample β grid ``(B, K)``: c(1 − 1/d − 0.01)/γ … c(rho_min)/γ, γ = top1 − top2."""
+    a = logits.detach().double()
+    d = a.shape[1]
+    top2 = a.topk(2, dim=1).values
+    gap = top2[:, 0] - top2[:, 1]
+    lo, hi = c_rho(1.0 - 1.0 / d - 0.01, d), c_rho(rho_min, d)
+    unit = torch.linspace(lo, hi, grid_size, dtype=torch.float64, device=a.device)
+    return unit[None, :] / gap[:, None]
+
+
+def hns_beta(logits: torch.Tensor, gram: torch.Tensor, y: torch.Tensor, *,
+             grid_size: int = HNS_GRID, rho_min: float = HNS_RHO_MIN
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample HNS β ``(B,)`` (logits' dtype) and a mask of the samples that fell back to 1.
+
+    β = 1 for misclassified samples, for a zero top-2 gap, and when the Hessian norm peaks at
+    the first or last grid point.
+    """
+    a = logits.detach()
+    grid = hns_grid(a, grid_size, rho_min)
+    ok = (a.argmax(1) == y) & torch.isfinite(grid).all(1) & (grid[:, 0] > 0)
+    safe_grid = torch.where(ok[:, None], grid, torch.ones_like(grid))
+    norms = hessian_norm_sq(a, gram, safe_grid).nan_to_num(nan=-1.0)
+    best = norms.argmax(1)
+    ok &= (best > 0) & (best < grid_size - 1)
+    beta = torch.where(ok, safe_grid.gather(1, best[:, None]).squeeze(1), 1.0)
+    return beta.to(a.dtype), ~ok
+
+
+def hns_beta_for(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                 grid_size: int = HNS_GRID) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """HNS β of ``model`` at ``x``: ``(beta, fell_back, logits)``."""
+    logits, jac = logits_and_jacobian(model, x)
+    gram = jac @ jac.transpose(1, 2)
+    beta, fell_back = hns_beta(logits, gram, y, grid_size=grid_size)
+    return beta, fell_back, logits
+
+
+class HNSScaler(LogitScaler):
+    """Hessian Norm Scaling: a per-sample β chosen once at the start point, fixed afterwards."""
+
+    name = "hns"
+
+    def __init__(self, *, grid_size: int = HNS_GRID) -> None:
+        if grid_size < 3:
+            raise ValueError(f"grid_size must be >= 3, got {grid_size}")
+        self.grid_size = int(grid_size)
+
+    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        beta, fell_back, _ = hns_beta_for(model, x, y, grid_size=self.grid_size)
+        return {"beta": beta, "fell_back": fell_back}
+
+    def scale(self, logits: torch.Tensor, y: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
+        return logits * state["beta"][:, None]
+
+    def stats(self, states: list[dict[str, Any]]) -> dict[str, float]:
+        if not states:
+            return {}
+        beta = torch.cat([s["beta"] for s in states]).double()
+        fell_back = torch.cat([s["fell_back"] for s in states])
+        return {"beta_mean": float(beta.mean()), "beta_min": float(beta.min()),
+                "beta_max": float(beta.max()),
+                "beta_fallback_share": float(fell_back.double().mean())}
+
+    def config(self) -> dict[str, Any]:
+        return {"scaler": self.name, "grid_size": self.grid_size}
+
+
+# --------------------------------------------------------------------------------------------
+# Registered attacks
+
+
+def make_scaler(scaler: str | LogitScaler | None) -> LogitScaler:
+    """A scaler from a name (``none``, ``njs``, ``hns``, ``beta<value>``) or an instance."""
+    if isinstance(scaler, LogitScaler):
+        return scaler
+    if scaler is None or scaler == "none":
+        return LogitScaler()
+    if scaler == "njs":
+        return NJSScaler()
+    if scaler == "hns":
+        return HNSScaler()
+    if scaler.startswith("beta"):
+        return FixedTemperature(float(scaler[4:]))
+    raise ValueError(f"unknown scaler {scaler!r}; allowed: none, njs, hns, beta<value>")
+
+
+def scaled_gradient_attack(*, scaler: str | LogitScaler | None = "none",
+                           **kwargs: Any) -> GradientAttack:
+    """A :class:`GradientAttack` with a temperature; names keep registry defaults JSON-plain."""
+    return GradientAttack(scaler=make_scaler(scaler), **kwargs)
+
+
+# Same step settings as the baselines of attacks/catalog.py.
+_BASES: dict[str, tuple[dict[str, Any], str]] = {
+    "fgsm": ({"norm": "linf", "steps": 1, "rel_step": 1.0},
+             "FGSM L∞: random start, one step of size ε"),
+    "pgd-linf": ({"norm": "linf", "steps": 20, "rel_step": 0.25},
+                 "PGD L∞: random start, 20 steps of ε/4"),
+    "pgd-l2": ({"norm": "l2", "steps": 20, "rel_step": 0.125},
+               "PGD L2: random start, 20 normalised-gradient steps of ε/8"),
+}
+_SCALER_TEXT = {
+    "njs": "CE on NJS-scaled logits (β1 = 1/mean Jacobian singular value per model, β2 per "
+           "sample and step when 1 − p_y ≤ 0.01)",
+    "hns": "CE on HNS-scaled logits (per-sample β maximising the Hessian norm at the start)",
+    "beta0.1": "CE on logits times a fixed β = 0.1 (the paper's heuristic)",
+}
+
+
+def _register() -> None:
+    for base, (settings, text) in _BASES.items():
+        for scaler, scaler_text in _SCALER_TEXT.items():
+            register_attack(f"{base}-{scaler}", scaled_gradient_attack, scaler=scaler,
+                            description=f"{text}; {scaler_text}", **settings)
+        register_attack(f"{base}-dlr", GradientAttack, loss="dlr",
+                        description=f"{text}; DLR loss", **settings)
+    register_attack("pgd-linf-r5", GradientAttack, restarts=5, **_BASES["pgd-linf"][0],
+                    description="PGD L∞: 20 steps of ε/4, CE loss, 5 random restarts "
+                    "(a sample counts as broken if any restart breaks it)")
+
+
+_register()

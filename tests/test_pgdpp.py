@@ -1,0 +1,252 @@
+"""PGD++ / FGSM++ (NJS, HNS), the gradient identities they rely on, and the diagnostics."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import zoo
+from attacks import attack_spec, create_attack
+from attacks import pgdpp as pp
+from attacks.diagnostics import gradient_diagnostics
+from attacks.gradient import FixedTemperature
+from zoo.models import MLP
+
+PP_ATTACKS = [
+    f"{base}-{variant}" for base in ("fgsm", "pgd-linf", "pgd-l2")
+    for variant in ("njs", "hns", "beta0.1", "dlr")
+] + ["pgd-linf-r5"]
+
+
+@pytest.fixture(scope="module")
+def digits_bnn():
+    model, _ = zoo.get_model("digits-mlp5x100-bnn-waq", progress=False)
+    x, y = zoo.load_dataset("digits").test_subset(64)
+    return model, x, y
+
+
+@pytest.fixture(scope="module")
+def masked_bnn():
+    """A BNN-WQ whose float32 gradients vanish: plain PGD L∞ 0.1 leaves ~85% robust."""
+    model, _ = zoo.get_model("mnist5k-mlp3x512-bnn-wq", progress=False)
+    x, y = zoo.load_dataset("mnist5k").test_subset(200)
+    return model, x, y
+
+
+def _saturated_logits(n: int = 400, d: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(n, d, generator=gen) * torch.logspace(-1, 3, n)[:, None]
+    y = logits.argmax(1)
+    y[::3] = torch.randint(0, d, (len(y[::3]),), generator=gen)
+    return logits, y
+
+
+def test_temperatures_never_change_a_prediction(digits_bnn):
+    logits, y = _saturated_logits()
+    njs = pp.NJSScaler()
+    state = {"beta1": 0.5, "betas": []}
+    z = njs.scale(logits, y, state)
+    assert torch.equal(z.argmax(1), logits.argmax(1))
+    beta = state["betas"][0]
+    assert (beta < 0.5).any() and (beta == torch.tensor(0.5)).any()  # β2 did kick in
+    assert (beta > 0).all()
+    fixed = FixedTemperature(0.1)
+    assert torch.equal(fixed.scale(logits, y, None).argmax(1), logits.argmax(1))
+
+    model, x, y = digits_bnn
+    hns = pp.HNSScaler()
+    state = hns.prepare(model, x, y)
+    with torch.no_grad():
+        out = model(x)
+    assert (state["beta"] > 0).all() and (state["beta"] != 1).any()
+    assert torch.equal(hns.scale(out, y, state).argmax(1), out.argmax(1))
+
+
+@pytest.mark.parametrize("d", [2, 3, 10, 100])
+def test_proposition_1_bound(d):
+    gen = torch.Generator().manual_seed(d)
+    a = torch.randn(300, d, generator=gen, dtype=torch.float64) * torch.logspace(
+        -2, 2, 300, dtype=torch.float64)[:, None]
+    gap = a.amax(1) - a.amin(1)
+    top = a.argmax(1, keepdim=True)
+    for rho in (0.4, 0.1, 0.01, 1e-4):  # c(ρ) > 0 needs ρ < 1 − 1/d
+        beta = (1 - 1e-6) * pp.c_rho(rho, d) / gap
+        p = torch.softmax(beta[:, None] * a, dim=1)
+        miss = p.scatter(1, top, 0.0).sum(1)  # 1 − p_top without cancellation
+        assert (miss > rho).all()
+        # the bound is tight: one top logit, all others at the minimum
+        extreme = torch.zeros(1, d, dtype=torch.float64)
+        extreme[0, 0] = 1.0
+        p = torch.softmax((1 + 1e-3) * pp.c_rho(rho, d) * extreme, dim=1)
+        assert p[0, 1:].sum() <= rho
+    assert pp.c_rho(0.01, 10) == pytest.approx(6.79, abs=5e-3)
+
+
+def _tiny_nets():
+    torch.manual_seed(0)
+    nets = []
+    for quant in ("ref", "bnn-wq"):
+        net = MLP(6, [8, 8], 4, quant).double()
+        with torch.no_grad():  # non-trivial BN statistics
+            for m in net.modules():
+                if isinstance(m, torch.nn.BatchNorm1d):
+                    m.running_mean.uniform_(-0.5, 0.5)
+                    m.running_var.uniform_(0.5, 2.0)
+        nets.append(net.eval())
+    return nets
+
+
+@pytest.mark.parametrize("net", _tiny_nets(), ids=["ref", "bnn-wq"])
+def test_gram_identity_matches_autograd_hessian(net):
+    x = torch.rand(3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    logits, jac = pp.logits_and_jacobian(net, x)
+    gram = jac @ jac.transpose(1, 2)
+    for i in range(len(x)):
+        y = logits[i : i + 1].argmax(1)
+        gap = float(logits[i].max() - logits[i].min())
+        for beta in (0.05, 0.3, 1.0, 2.0 / gap, 8.0 / gap, 20.0 / gap):
+            def loss(v, beta=beta, y=y):
+                return F.cross_entropy(beta * net(v[None]), y)
+
+            hess = torch.autograd.functional.hessian(loss, x[i])
+            explicit = float((hess**2).sum())
+            ours = float(pp.hessian_norm_sq(logits[i : i + 1], gram[i : i + 1],
+                                            torch.tensor([[beta]], dtype=torch.float64)))
+            assert explicit > 0
+            assert ours == pytest.approx(explicit, rel=1e-6)
+
+
+def test_hns_picks_the_argmax_of_the_explicit_hessian_norm():
+    net = _tiny_nets()[1]
+    x = torch.rand(1, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    logits, jac = pp.logits_and_jacobian(net, x)
+    y = logits.argmax(1)
+    grid = pp.hns_grid(logits, grid_size=20)[0]
+    norms = []
+    for beta in grid.tolist():
+        hess = torch.autograd.functional.hessian(
+            lambda v, beta=beta: F.cross_entropy(beta * net(v[None]), y), x[0])
+        norms.append(float((hess**2).sum()))
+    best = max(range(len(norms)), key=norms.__getitem__)
+    assert 0 < best < len(norms) - 1
+    beta, fell_back = pp.hns_beta(logits, jac @ jac.transpose(1, 2), y, grid_size=20)
+    assert not fell_back.any()
+    assert float(beta[0]) == pytest.approx(float(grid[best]), rel=1e-12)
+
+
+def test_njs_beta1_is_one_over_mean_singular_value(digits_bnn):
+    model, x, _ = digits_bnn
+    model = copy.deepcopy(model)  # a fresh cache entry
+    xs = x[:12]
+    svs = []
+    for xi in xs:
+        jac = torch.autograd.functional.jacobian(lambda v: model(v[None])[0], xi)
+        assert torch.allclose(pp.input_jacobian(model, xi[None])[0], jac.reshape(10, -1),
+                              rtol=1e-5, atol=1e-6)
+        svs.append(torch.linalg.svdvals(jac.reshape(10, -1)))
+    expected = 1.0 / float(torch.cat(svs).double().mean())
+    assert pp.cached_njs_beta1(model) is None
+    assert pp.njs_beta1(model, x, n_ref=12) == pytest.approx(expected, rel=1e-5)
+    # cached per model: other reference points do not change it, recompute does
+    assert pp.njs_beta1(model, x[30:]) == pp.njs_beta1(model, x, n_ref=12)
+    assert pp.NJSScaler().prepare(model, x[40:], None)["beta1"] == pp.cached_njs_beta1(model)
+    assert pp.njs_beta1(model, x[30:], recompute=True) != pytest.approx(expected, rel=1e-5)
+    assert pp.NJSScaler(beta1=0.25).prepare(model, x, None)["beta1"] == 0.25
+    wrapper = torch.nn.Sequential(model)  # a transparent wrapper shares the model's β1
+    assert pp.cached_njs_beta1(wrapper) == pp.cached_njs_beta1(model)
+    assert pp.cached_njs_beta1(torch.nn.Sequential(model, torch.nn.Identity())) is None
+
+
+def test_jacobian_fallback_without_batched_gradients(digits_bnn, monkeypatch):
+    model, x, _ = digits_bnn
+    batched = pp.input_jacobian(model, x[:16])
+    grad = torch.autograd.grad
+
+    def no_batching(*args, **kwargs):
+        if kwargs.get("is_grads_batched"):
+            raise RuntimeError("no batching rule")
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", no_batching)
+    assert torch.allclose(pp.input_jacobian(model, x[:16]), batched, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", PP_ATTACKS)
+def test_attacks_stay_in_the_ball_and_box(digits_bnn, name):
+    model, x, y = digits_bnn
+    attack = create_attack(name)
+    eps = 1.0 if attack.norm == "l2" else 0.1
+    result = attack(model, x, y, eps=eps)
+    delta = (result.x_adv - x).flatten(1)
+    size = delta.norm(dim=1) if attack.norm == "l2" else delta.abs().amax(1)
+    assert (size <= eps * (1 + 1e-5) + 1e-6).all()
+    assert result.x_adv.min() >= 0 and result.x_adv.max() <= 1
+    json.dumps(attack.config())
+    json.dumps(attack_spec(name).defaults)
+    if any(s in name for s in ("njs", "hns", "beta")):
+        assert 0 < result.info["beta_min"] <= result.info["beta_mean"] <= result.info["beta_max"]
+
+
+def test_hns_falls_back_to_one(digits_bnn, monkeypatch):
+    model, x, y = digits_bnn
+    wrong = (y + 1) % 10
+    state = pp.HNSScaler().prepare(model, x, wrong)
+    with torch.no_grad():
+        misclassified = model(x).argmax(1) != wrong
+    assert misclassified.all()
+    assert (state["beta"] == 1).all() and state["fell_back"].all()
+
+    logits = torch.tensor([[3.0, 1.0, 0.0], [2.0, 0.5, 0.0]])
+    y3 = torch.tensor([0, 0])
+    beta, fell_back = pp.hns_beta(logits, torch.zeros(2, 3, 3), y3)  # zero Jacobian
+    assert (beta == 1).all() and fell_back.all()
+    grid = pp.hns_grid(logits)
+    for shape, expect_one in ((lambda b: b, True), (lambda b: -b, True),
+                              (lambda b: -(b - b[:, 37:38]) ** 2, False)):
+        monkeypatch.setattr(pp, "hessian_norm_sq", lambda a, g, b, shape=shape: shape(b))
+        beta, fell_back = pp.hns_beta(logits, torch.ones(2, 3, 3), y3)
+        assert bool(fell_back.all()) is expect_one
+        expected = torch.ones(2) if expect_one else grid[:, 37].float()
+        assert torch.allclose(beta, expected)
+
+
+def test_pgdpp_breaks_gradient_masking(masked_bnn):
+    model, x, y = masked_bnn
+    eps = 0.1
+
+    def robust(name: str) -> float:
+        x_adv = create_attack(name)(model, x, y, eps=eps).x_adv
+        assert ((x_adv - x).abs().amax() <= eps + 1e-6) and x_adv.min() >= 0 and x_adv.max() <= 1
+        model.eval()
+        with torch.no_grad():
+            return float((model(x_adv).argmax(1) == y).double().mean())
+
+    plain = robust("pgd-linf")
+    assert plain > 0.6  # the premise: plain PGD is fooled by the masking
+    for name in ("pgd-linf-njs", "pgd-linf-hns", "fgsm-hns"):
+        assert robust(name) < plain - 0.4, name
+
+
+def test_gradient_diagnostics(masked_bnn, digits_bnn):
+    model, x, y = masked_bnn
+    model = copy.deepcopy(model)
+    diag = gradient_diagnostics(model, x[:100], y[:100])
+    json.dumps(diag, allow_nan=False)
+    assert all(type(v) is float for v in diag.values())
+    for metric in ("zero_grad_share", "jac_sv_mean", "jac_sv_std", "psi_norm", "grad_norm"):
+        for suffix in ("", "_njs", "_hns"):
+            assert math.isfinite(diag[metric + suffix])
+    assert diag["njs_beta1"] == pp.cached_njs_beta1(model)
+    assert diag["zero_grad_share"] > 0.5 and diag["zero_grad_share_njs"] == 0
+    assert diag["zero_grad_share_hns"] == 0
+    assert diag["grad_norm_njs"] > 100 * diag["grad_norm"]
+    # β2 only ever lowers β1, so the scaled singular values are at most β1 times the raw ones
+    assert diag["jac_sv_mean_njs"] <= diag["jac_sv_mean"] * diag["njs_beta1"] * (1 + 1e-6)
+    digits_model, xd, yd = digits_bnn
+    empty = gradient_diagnostics(digits_model, xd[:8], (yd[:8] + 1) % 10, njs_beta1=0.1)
+    assert empty["n_correct"] == 0 and math.isnan(empty["psi_norm"])
