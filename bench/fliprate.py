@@ -1,0 +1,187 @@
+"""Flip rate under L∞ bounds: IPROP versus PGD / PGD++ (../shared/spec/pgdpp.md §8).
+
+The protocol of the PGD++ paper's appendix (Fig. 2, after IPROP's paper): the share of test
+points whose prediction *flips* under an L∞ perturbation of size ε. Each attack gets the
+model's own clean prediction as its "label", so a success is any change of the predicted
+class — clean mistakes are attacked like any other point (this is not adversarial accuracy).
+Every flip is verified here, independently of the attack: the candidate must be finite,
+inside the ε-ball around the clean input and inside [0, 1] (with the benchmark's float
+tolerance) and predicted differently by the model in eval mode; a candidate that breaks the
+threat model counts as no flip (and is counted in ``rejected``).
+
+Run as ``python -m bench.fliprate --models mnist5k-mlp5x100-bnn-waq --n 500 --out DIR`` to
+write ``DIR/fliprate.csv`` and ``DIR/fliprate.png``. Imports only :mod:`zoo` and :mod:`attacks`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import attacks.iprop  # noqa: F401 - registers "iprop" even where attacks/__init__ does not
+import zoo
+from attacks import create_attack, list_attacks
+
+DEFAULT_MODELS = ("mnist5k-mlp5x100-bnn-waq", "mnist5k-mlp3x512-bnn-waq")
+DEFAULT_ATTACKS = ("iprop", "pgd-linf", "pgd-linf-njs", "pgd-linf-hns")
+DEFAULT_EPS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+COLUMNS = ["model", "attack", "eps", "n", "flip_rate", "seconds", "seconds_per_sample",
+           "flips", "rejected", "clean_acc", "error"]
+
+#: tolerance of the ε-ball check, ‖δ‖∞ ≤ ε·(1 + REL_TOL) + ABS_TOL, and of the [0, 1] box
+REL_TOL = 1e-5
+ABS_TOL = 1e-6
+BOX_TOL = 1e-6
+
+
+@torch.no_grad()
+def verified_flips(model: torch.nn.Module, x: torch.Tensor, clean_pred: torch.Tensor,
+                   x_adv: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(valid flips, flips that break the threat model), per sample, in eval mode."""
+    model.eval()
+    x_adv = x_adv.detach().to(x.device, x.dtype)
+    flat = x_adv.flatten(1)
+    finite = torch.isfinite(flat).all(1)
+    dist = (x_adv - x).flatten(1).abs().amax(1)
+    in_ball = finite & (dist <= eps * (1 + REL_TOL) + ABS_TOL)
+    in_box = finite & (flat >= -BOX_TOL).all(1) & (flat <= 1 + BOX_TOL).all(1)
+    flipped = finite & (model(torch.nan_to_num(x_adv)).argmax(1) != clean_pred)
+    valid = flipped & in_ball & in_box
+    return valid, flipped & ~valid
+
+
+def flip_rate_sweep(model_names: Sequence[str], attack_names: Sequence[str],
+                    eps_list: Sequence[float], n: int = 500, seed: int = 0,
+                    device: str = "cpu", *, progress: bool = False) -> pd.DataFrame:
+    """Flip rate of each attack on each model at each L∞ ε, on the first ``n`` test points.
+
+    Flip-rate protocol: the attack's label is the model's clean prediction, and a flip is a
+    verified candidate (inside the ε-ball and [0, 1], finite) whose eval-mode prediction
+    differs from the clean one; rejected candidates count as no flip. Each cell runs with a
+    fresh generator seeded with ``seed``. ``seconds`` is the wall time of the attack call
+    alone. A model an attack refuses (IPROP takes BNN-WAQ MLPs only) gives a row with a NaN
+    flip rate and the reason in ``error``.
+
+    Columns: model, attack, eps, n, flip_rate, seconds, seconds_per_sample, flips, rejected,
+    clean_acc, error.
+    """
+    rows = []
+    for model_name in model_names:
+        model, _ = zoo.get_model(model_name, device=device, progress=progress)
+        dataset = zoo.model_spec(model_name).dataset
+        x, y = zoo.load_dataset(dataset).test_subset(n)
+        x, y = x.to(device), y.to(device)
+        with torch.no_grad():
+            clean = model(x).argmax(1)
+        clean_acc = int((clean == y).sum()) / n
+        for attack_name in attack_names:
+            for eps in eps_list:
+                attack = create_attack(attack_name)
+                gen = torch.Generator(device=device).manual_seed(seed)
+                row = {"model": model_name, "attack": attack_name, "eps": float(eps), "n": n,
+                       "clean_acc": clean_acc, "error": ""}
+                start = time.perf_counter()
+                try:
+                    result = attack(model, x, clean, eps=float(eps), generator=gen)
+                except zoo.QBenchError as err:
+                    row.update(flip_rate=math.nan, seconds=math.nan,
+                               seconds_per_sample=math.nan, flips=0, rejected=0,
+                               error=str(err))
+                    rows.append(row)
+                    continue
+                seconds = time.perf_counter() - start
+                valid, rejected = verified_flips(model, x, clean, result.x_adv, float(eps))
+                row.update(flip_rate=int(valid.sum()) / n, seconds=seconds,
+                           seconds_per_sample=seconds / n, flips=int(valid.sum()),
+                           rejected=int(rejected.sum()))
+                rows.append(row)
+                if progress:
+                    print(f"{model_name} {attack_name} eps={eps:g}: flip rate "
+                          f"{row['flip_rate']:.3f} ({seconds / n:.4f} s/sample)",
+                          file=sys.stderr, flush=True)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def plot_flip_rate(df: pd.DataFrame, path: str | Path) -> Path:
+    """Flip rate versus ε: one panel per model, one line per attack; writes a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(df["model"]))
+    fig, axes = plt.subplots(1, max(len(models), 1), figsize=(5 * max(len(models), 1), 4),
+                             squeeze=False, sharey=True)
+    for ax, model in zip(axes[0], models, strict=False):
+        part = df[df["model"] == model]
+        for attack in dict.fromkeys(part["attack"]):
+            line = part[part["attack"] == attack].sort_values("eps")
+            ax.plot(line["eps"], line["flip_rate"], marker="o", label=attack)
+        ax.set_xscale("log")
+        ticks = sorted(set(part["eps"]))
+        ax.set_xticks(ticks, [f"{e:g}" for e in ticks])
+        ax.minorticks_off()
+        ax.set_title(model, fontsize=9)
+        ax.set_xlabel("L∞ ε (inputs in [0, 1])")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("flip rate")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.fliprate",
+                                     description="Flip rate vs L∞ ε (IPROP vs PGD / PGD++).")
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                        help="comma-separated model names")
+    parser.add_argument("--attacks", default=None,
+                        help="comma-separated attack names (default: the registered ones of "
+                        f"{', '.join(DEFAULT_ATTACKS)})")
+    parser.add_argument("--eps", default=",".join(f"{e:g}" for e in DEFAULT_EPS),
+                        help="comma-separated L∞ bounds in [0, 1]")
+    parser.add_argument("--n", type=int, default=500, help="first n test points")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (1 is fastest on a busy machine)")
+    parser.add_argument("--out", required=True, help="output folder")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.attacks is None:
+        attacks = [a for a in DEFAULT_ATTACKS if a in list_attacks()]
+    else:
+        attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    eps_list = [float(e) for e in args.eps.split(",") if e.strip()]
+    try:
+        df = flip_rate_sweep(models, attacks, eps_list, n=args.n, seed=args.seed,
+                             device=args.device, progress=True)
+    except zoo.QBenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "fliprate.csv", index=False)
+    plot_flip_rate(df, out / "fliprate.png")
+    table = df.pivot_table(index=["model", "eps"], columns="attack", values="flip_rate")
+    print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    print(f"wrote {out / 'fliprate.csv'} and {out / 'fliprate.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
