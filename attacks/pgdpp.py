@@ -214,10 +214,14 @@ def hessian_norm_sq(logits: torch.Tensor, gram: torch.Tensor, betas: torch.Tenso
     idx = torch.arange(len(a), device=a.device)
     g_t = g[idx, t]  # (B, d): row t of G
     g_c = g - g_t[:, :, None] - g_t[:, None, :] + g[idx, t, t][:, None, None]
-    p = torch.softmax(bet[..., None] * a[:, None, :], dim=-1)  # (B, K, d)
-    u = p @ g_c  # Ĝ symmetric: u = Ĝ p
-    quad = ((p @ (g_c * g_c)) * p).sum(-1)
-    tr = quad - 2 * (p * u * u).sum(-1) + (p * u).sum(-1).square()
+    # class axis in the middle, grid axis last: reductions over the d classes stay vectorised
+    e = torch.exp((a - a[idx, t][:, None])[:, :, None] * bet[:, None, :])  # (B, d, K)
+    p = e / e.sum(1, keepdim=True)
+    d = a.shape[1]
+    uv = torch.cat([g_c, g_c * g_c], dim=1) @ p  # (B, 2d, K): Ĝp and (Ĝ∘Ĝ)p
+    u = uv[:, :d]
+    pu = p * u
+    tr = (p * uv[:, d:]).sum(1) - 2 * (pu * u).sum(1) + pu.sum(1).square()
     return bet.pow(4) * tr.clamp_min(0.0)
 
 
