@@ -143,11 +143,12 @@ def njs_beta(logits: torch.Tensor, y: torch.Tensor, beta1: float,
     effective β is β1·β2 = c(ρ)/(max a − min a) there and β1 elsewhere.
     """
     a = logits.detach()
-    z = a * beta1
-    log_p_y = z.gather(1, y[:, None]).squeeze(1) - z.logsumexp(1)
-    confident = log_p_y >= math.log1p(-rho)
-    gap = (a.amax(1) - a.amin(1)).clamp_min(torch.finfo(a.dtype).tiny)
-    return torch.where(confident, c_rho(rho, a.shape[1]) / gap, torch.full_like(gap, beta1))
+    # 1 − p_y ≤ ρ  ⇔  Σ_i exp(β1 (a_i − a_y)) ≤ 1 / (1 − ρ)  (an overflow to inf reads "no")
+    spread = torch.exp((a - a.gather(1, y[:, None])) * beta1).sum(1)
+    confident = spread <= 1.0 / (1.0 - rho)
+    lo, hi = torch.aminmax(a, dim=1)
+    gap = (hi - lo).clamp_min(torch.finfo(a.dtype).tiny)
+    return torch.where(confident, c_rho(rho, a.shape[1]) / gap, beta1)
 
 
 class NJSScaler(LogitScaler):
