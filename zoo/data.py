@@ -10,7 +10,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import pickle
 import struct
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,7 +174,10 @@ def _digits(_root: Path) -> Dataset:
 # ---------------------------------------------------------------------------------------
 # Datasets that come as files: torchvision's layout, or (Fashion-MNIST) Debian's IDX files.
 
-DEBIAN_FASHION_MNIST = Path("/usr/share/dataset-fashion-mnist")
+#: Where Debian's ``dataset-fashion-mnist`` package puts the four gzipped IDX files
+#: (``dpkg -L dataset-fashion-mnist``); the second path is a fallback for other layouts.
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+DEBIAN_FASHION_MNIST_ALT = Path("/usr/share/dataset-fashion-mnist")
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -277,7 +282,8 @@ def _mnist(root: Path) -> Dataset:
     embedded=False,
 )
 def _fashion_mnist(root: Path) -> Dataset:
-    dirs = [root, root / "FashionMNIST" / "raw", root / "fashion-mnist", DEBIAN_FASHION_MNIST]
+    dirs = [root, root / "FashionMNIST" / "raw", root / "fashion-mnist", DEBIAN_FASHION_MNIST,
+            DEBIAN_FASHION_MNIST_ALT]
     local = _load_idx_dataset("fashion-mnist", dirs)
     if local is not None:
         return local
@@ -295,7 +301,68 @@ def _fashion_mnist(root: Path) -> Dataset:
     embedded=False,
 )
 def _cifar10(root: Path) -> Dataset:
-    return _torchvision(
-        "cifar10", "CIFAR10", root,
-        "Put cifar-10-batches-py under <data-root> or run once on a connected machine.",
-    )
+    local = load_cifar_batches("cifar10", root / "cifar-10-batches-py")
+    if local is not None:
+        return local
+    hint = "Put cifar-10-batches-py under <data-root> or run once on a connected machine."
+    _torchvision("cifar10", "CIFAR10", root, hint)  # downloads and extracts, or raises
+    local = load_cifar_batches("cifar10", root / "cifar-10-batches-py")
+    if local is None:  # pragma: no cover - torchvision extracted something unexpected
+        raise DataMissingError(f"dataset 'cifar10': no cifar-10-batches-py under {root}. {hint}")
+    return local
+
+
+CIFAR10_TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+
+
+def load_cifar_batches(name: str, folder: Path) -> Dataset | None:
+    """Read CIFAR-10 in torchvision's on-disk format (``cifar-10-batches-py``: pickled dicts
+    with ``data`` (N × 3072 uint8, channel-major) and ``labels``), or None if absent.
+
+    torchvision itself refuses files whose md5 differs from the official release; here a
+    mismatch only warns (structure and label range are still checked), so that re-packed or
+    test copies load, and a run on non-official files says so.
+    """
+    files = [*CIFAR10_TRAIN_BATCHES, "test_batch"]
+    if not all((folder / f).is_file() for f in files):
+        return None
+
+    def read(fname: str) -> tuple[np.ndarray, np.ndarray]:
+        path = folder / fname
+        try:
+            with open(path, "rb") as f:
+                entry = pickle.load(f, encoding="latin1")
+            data = np.asarray(entry["data"], dtype=np.uint8)
+            labels = np.asarray(entry["labels"], dtype=np.int64)
+        except (OSError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as exc:
+            raise DataMissingError(f"{path} is not a CIFAR-10 batch ({exc})") from None
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
+            raise DataMissingError(f"{path} is not a CIFAR-10 batch (data {data.shape}, "
+                                   f"{len(labels)} labels)")
+        if len(labels) and (labels.min() < 0 or labels.max() > 9):
+            raise DataMissingError(f"{path} has labels outside 0-9")
+        return data, labels
+
+    parts = [read(f) for f in CIFAR10_TRAIN_BATCHES]
+    tex, tey = read("test_batch")
+    trx = np.concatenate([p[0] for p in parts])
+    try_ = np.concatenate([p[1] for p in parts])
+    _warn_if_not_official(folder, files)
+
+    def img(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a.astype(np.float32) / 255.0).reshape(-1, 3, 32, 32)
+
+    return Dataset(name, img(trx), torch.from_numpy(try_), img(tex), torch.from_numpy(tey))
+
+
+def _warn_if_not_official(folder: Path, files: list[str]) -> None:
+    try:
+        from torchvision.datasets import CIFAR10
+        from torchvision.datasets.utils import check_integrity
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return
+    md5 = dict(CIFAR10.train_list + CIFAR10.test_list)
+    bad = [f for f in files if not check_integrity(str(folder / f), md5[f])]
+    if bad:
+        warnings.warn(f"{folder}: {', '.join(bad)} differ from the official CIFAR-10 release "
+                      "(md5); results on these files are not comparable", stacklevel=3)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from zoo.layers import BinaryLinear, SignActivation
+from zoo.layers import BinaryConv2d, BinaryLinear, SignActivation
 
 QUANTS = ("ref", "bnn-wq", "bnn-waq")
 
@@ -59,3 +59,38 @@ class MLP(nn.Module):
 
     def forward(self, x):  # noqa: D401 - nn.Module API
         return self.net(x)
+
+
+# ---------------------------------------------------------------------------------------
+# Convolutional building blocks (used by zoo.convnets and zoo.cifar). Same rules as above.
+
+
+def conv3x3(in_channels: int, out_channels: int, quant: str, *, stride: int = 1,
+            bias: bool = True) -> nn.Module:
+    """A 3×3 convolution (padding 1) of the given quantization.
+
+    ``bias`` applies to ``ref`` only: the binarized layers always carry a bias, a sign for
+    BNN-WQ (spec §5: every weight and bias is a sign) and a float for BNN-WAQ.
+    """
+    return conv(in_channels, out_channels, 3, quant, stride=stride, padding=1, bias=bias)
+
+
+def conv(in_channels: int, out_channels: int, kernel_size: int, quant: str, *, stride: int = 1,
+         padding: int = 0, bias: bool = True) -> nn.Module:
+    """A convolution of the given quantization (see :func:`conv3x3` for ``bias``)."""
+    check_quant(quant)
+    if quant == "ref":
+        return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                         bias=bias)
+    return BinaryConv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                        binarize_bias=quant == "bnn-wq")
+
+
+def norm_2d(channels: int, quant: str) -> nn.Module:
+    """BatchNorm2d: without affine parameters for BNN-WQ, with them otherwise (spec §5)."""
+    return nn.BatchNorm2d(channels, affine=quant != "bnn-wq")
+
+
+def activation(quant: str) -> nn.Module:
+    """ReLU (ref, bnn-wq: float activations) or the sign with straight-through gradient."""
+    return SignActivation() if quant == "bnn-waq" else nn.ReLU()

@@ -31,17 +31,23 @@ class ModelSpec:
     factory: Callable[[], nn.Module]
     recipe: Recipe
     description: str = ""
+    architecture: str = ""  # human-readable layer list, shown on the model card
 
     @property
     def recipe_id(self) -> str:
         return self.recipe.recipe_id(self.arch + "/" + self.quant)
+
+    @property
+    def adversarially_trained(self) -> bool:
+        return self.recipe.adv_eps > 0
 
 
 _MODELS: dict[str, ModelSpec] = {}
 
 
 def register_model(
-    name: str, *, dataset: str, arch: str, quant: str, recipe: Recipe, description: str = ""
+    name: str, *, dataset: str, arch: str, quant: str, recipe: Recipe, description: str = "",
+    architecture: str = "",
 ) -> Callable[[Callable[[], nn.Module]], Callable[[], nn.Module]]:
     """Decorator registering a zero-argument factory that builds the untrained network."""
 
@@ -49,7 +55,8 @@ def register_model(
         if name in _MODELS:
             raise ValueError(f"model {name!r} is registered twice")
         dataset_info(dataset)  # the dataset must exist
-        _MODELS[name] = ModelSpec(name, dataset, arch, quant, factory, recipe, description)
+        _MODELS[name] = ModelSpec(name, dataset, arch, quant, factory, recipe, description,
+                                  architecture)
         return factory
 
     return wrap
@@ -64,6 +71,65 @@ def model_spec(name: str) -> ModelSpec:
     if name not in _MODELS:
         raise UnknownNameError("model", name, sorted(_MODELS))
     return _MODELS[name]
+
+
+def adversarial_training_summary(spec: ModelSpec) -> dict:
+    """What the card says about adversarial training (``{"enabled": False}`` when none)."""
+    r = spec.recipe
+    if r.adv_eps <= 0:
+        return {"enabled": False}
+    base = spec.name[: -len("-at")] if spec.name.endswith("-at") else None
+    return {
+        "enabled": True,
+        "method": "PGD L-inf adversarial training (Madry et al.): every training batch is "
+        "replaced by its PGD adversarial examples, model in train mode",
+        "norm": "linf",
+        "eps": r.adv_eps,
+        "eps_in_255": round(r.adv_eps * 255, 3),
+        "step": r.adv_eps / 4,
+        "steps": r.adv_steps,
+        "random_start": "uniform in the eps-ball",
+        "loss": f"cross-entropy on {r.logit_scale:g} x logits",
+        "base_model": base if base in _MODELS else None,
+    }
+
+
+def _static_card(spec: ModelSpec, model: nn.Module | None = None) -> dict:
+    """The card fields that follow from the registration alone (no training needed)."""
+    info = dataset_info(spec.dataset)
+    if model is None:
+        model = spec.factory()
+    return {
+        "name": spec.name,
+        "dataset": spec.dataset,
+        "input_shape": list(info.input_shape),
+        "arch": spec.arch,
+        "architecture": spec.architecture or spec.description,
+        "quant": spec.quant,
+        "description": spec.description,
+        "recipe": asdict(spec.recipe),
+        "recipe_id": spec.recipe_id,
+        "adversarial_training": adversarial_training_summary(spec),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def model_card(name: str) -> dict:
+    """The model's card: the trained card when weights for the current recipe are cached
+    (``"trained": True``), else the static part (``"trained": False``; no training happens).
+
+    Cards written before a field existed are completed from the registration.
+    """
+    spec = model_spec(name)
+    card = read_card(name)
+    static = _static_card(spec)
+    if card is not None and card.get("recipe_id") == spec.recipe_id:
+        return {**static, **card, "trained": True}
+    out = {**static, "trained": False}
+    if card is not None:
+        out["stale_card"] = ("a card for an older recipe is cached; `get_model` retrains "
+                             f"(cached recipe_id {card.get('recipe_id')})")
+    return out
 
 
 def get_model(
@@ -87,14 +153,7 @@ def get_model(
         summary = train_model(model, data, spec.recipe, device=device, progress=progress,
                               desc=f"train {name}")
         card = save_weights(name, model.state_dict(), {
-            "name": name,
-            "dataset": spec.dataset,
-            "arch": spec.arch,
-            "quant": spec.quant,
-            "description": spec.description,
-            "recipe": asdict(spec.recipe),
-            "recipe_id": spec.recipe_id,
-            "parameters": sum(p.numel() for p in model.parameters()),
+            **_static_card(spec, model),
             "trained_on": device,
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "torch": torch.__version__,
@@ -103,8 +162,10 @@ def get_model(
         })
         # Reload from disk so that a model is only ever used through verified weights.
         model.load_state_dict(load_weights(name, card))
+    # Cards written before a field existed are completed from the registration.
+    card = {**_static_card(spec, model), **card}
     return model.to(device).eval(), card
 
 
-__all__ = ["CorruptWeightsError", "ModelSpec", "get_model", "list_models", "model_spec",
-           "register_model"]
+__all__ = ["CorruptWeightsError", "ModelSpec", "get_model", "list_models", "model_card",
+           "model_spec", "register_model"]
