@@ -56,8 +56,8 @@ def runs() -> dict[str, Callable[[], object]]:
 
 
 @pytest.mark.parametrize("name,rounds", [
-    ("pgd-linf", 15), ("pgd-linf-njs", 15), ("pgd-linf-hns", 15),
-    ("fgsm", 60), ("fgsm-hns", 40), ("foolbox-linf-pgd", 15),
+    ("pgd-linf", 25), ("pgd-linf-njs", 25), ("pgd-linf-hns", 25),
+    ("fgsm", 80), ("fgsm-hns", 60), ("foolbox-linf-pgd", 25),
 ])
 def test_attack_time(benchmark, runs, name, rounds):
     benchmark.extra_info.update(model=MODEL, batch=BATCH, eps=EPS, threads=2)
