@@ -80,8 +80,8 @@ def convnet(quant: str, *, in_channels: int = 1, image_size: int = 28,
     """The small MNIST-family convnet: 16-16-pool-32-32-pool, dense 128, dense 10.
 
     About 0.22M parameters (0.2M of them in the first dense layer). Deliberately narrow so that
-    training (about 0.15 s per batch of 100 on two CPU cores) and attacking stay cheap on CPU;
-    the 32-32-64-64 variant costs about 3× more per step.
+    training and attacking stay cheap on CPU (a training step on a batch of 100 costs about
+    30 ms on two free cores); the 32-32-64-64 variant costs about 3× more per step.
     """
     return VGGNet(CONVNET_CFG, (CONVNET_HIDDEN,), in_channels=in_channels,
                   image_size=image_size, num_classes=num_classes, quant=quant)
