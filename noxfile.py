@@ -1,4 +1,4 @@
-"""Sessions: ``nox -s tests`` (default), ``benchmark``, ``site``, ``perf``, ``lint``.
+"""Sessions: ``nox -s tests`` (default), ``benchmark``, ``fliprate``, ``site``, ``perf``, ``lint``.
 
 Every session installs the project (and everything it needs) into its own virtualenv;
 virtualenvs are reused between runs (pass ``--reuse-venv=no`` for a fresh one).
@@ -48,6 +48,17 @@ def benchmark(session: nox.Session) -> None:
     install(session)
     session.run("python", "-m", "bench", "run", "--suite", "mnist5k", *session.posargs)
     session.run("python", "-m", "leaderboard", "--out", "public")
+
+
+@nox.session
+def fliprate(session: nox.Session) -> None:
+    """IPROP vs PGD / PGD++ flip rate over L∞ ε on the BNN-WAQ MLPs (about 15 CPU minutes)."""
+    install(session)
+    session.run(
+        "python", "-m", "bench.fliprate", "--models",
+        "mnist5k-mlp5x100-bnn-waq,mnist5k-mlp3x512-bnn-waq", "--n", "500", "--threads", "1",
+        "--out", "results/records", *session.posargs,
+    )
 
 
 @nox.session
