@@ -8,6 +8,7 @@ import pandas as pd
 from torch import nn
 
 from attacks import list_attacks
+from bench.calibrate import calibrate
 from bench.runner import check_inputs, evaluate_cells, resolve_device
 from results.schema import to_dict
 from zoo import tensor_sha256
@@ -42,6 +43,7 @@ def evaluate(
     eps_by_norm, data = check_inputs(dataset, attack_names, eps_by_norm, n, data_root)
     device = resolve_device(device)
     model = model.to(device).eval()
+    calibrate(model, data, device)  # NJS β1 on the first 101 test images, as in the runner
     records = evaluate_cells(
         model, model_name=name, model_sha256=weights_sha256(model), suite="api", dataset=data,
         attacks=attack_names, eps=eps_by_norm, n=n, seed=seed, device=device,

@@ -3,10 +3,21 @@
 Every cell is appended to its suite's records as soon as it finishes, so an interrupted run
 loses no finished cell, and a re-run skips every cell whose key (model weights, attack
 configuration, ε, test inputs, seed) is already recorded unless ``force`` is set.
+
+Starting points. Attacks that need an adversarial starting point per sample (Brendel-Bethge,
+:class:`attacks.library.StartingPointAttack`) run after every other attack of a model. Each
+sample's start is (a) a verified success of an earlier attack on the same model, norm and ε in
+this process (kept in memory in a :class:`StartPool`), else (b) the nearest training point (in
+the attack's norm) that the model assigns to another class than the sample's label. Samples with
+neither are not attacked (their candidate is the clean input). A resumed run that skips the
+earlier cells has fewer starts of kind (a); the cell's ``info`` records how many of each kind
+it used (``starts_from_attacks``, ``starts_from_train``, ``starts_none``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import hashlib
 import json
 import time
@@ -19,7 +30,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from attacks import check_eps, create_attack, list_attacks
+from attacks.library import StartingPointAttack, nearest_training_starts
 from bench import provenance
+from bench.calibrate import calibrate, diagnostics
 from bench.instrument import CountingModel
 from bench.verify import verify
 from results import CellRecord, ModelRecord, append, cells_path, latest_cells, models_path
@@ -58,7 +71,11 @@ def cell_key(*, model_sha256: str, attack_config: dict, norm: str, eps: float, n
 
 @dataclass(frozen=True)
 class Grid:
-    """A concrete grid: resolved names, ε per norm, sample count, seed."""
+    """A concrete grid: resolved names, ε per norm, sample count, seed.
+
+    ``limits`` maps an attack name to the (ε values, n) it runs at when they differ from the
+    grid's: a suite runs its costliest attacks at fewer ε or on the first n test points only.
+    """
 
     suite: str
     dataset: str
@@ -67,21 +84,34 @@ class Grid:
     eps: dict[str, list[float]]
     n: int
     seed: int = 0
+    limits: dict[str, tuple[list[float], int]] = field(default_factory=dict)
+
+    def plan(self, attack: str) -> tuple[list[float], int]:
+        """The ε values and the sample count of one attack in this grid."""
+        return self.limits.get(attack, (self.eps.get(create_attack(attack).norm, []), self.n))
 
     def cells(self) -> list[tuple[str, str, float]]:
         """(model, attack, ε) triples in run order."""
         out = []
         for m in self.models:
-            for a in self.attacks:
-                norm = create_attack(a).norm
-                out.extend((m, a, e) for e in self.eps.get(norm, []))
+            for a in run_order(self.attacks):
+                out.extend((m, a, e) for e in self.plan(a)[0])
         return out
 
 
 def build_grid(*, suite: str, dataset: str, models: str, attacks: str,
                eps: dict[str, list[float]], n: int, seed: int = 0,
-               data_root: str | None = None) -> Grid:
-    """Resolve patterns and check every input before anything is trained or attacked."""
+               data_root: str | None = None, limits: dict | None = None) -> Grid:
+    """Resolve patterns and check every input before anything is trained or attacked.
+
+    ``limits`` (attack pattern → :class:`bench.suites.Limit`) defaults to the limits of the
+    registered suite named ``suite``, if any. A suite's limits apply only where the grid uses
+    the suite's own values: the ε limits of a norm when ``eps`` of that norm equals the
+    suite's, the n limits when ``n`` equals the suite's. A grid that overrides ε or n (``--eps``,
+    ``--n``) runs every attack at exactly the values given.
+    """
+    from bench.suites import SUITES
+
     model_names = match_names(models, list_models(), "model")
     attack_names = match_names(attacks, list_attacks(), "attack")
     wrong = [m for m in model_names if model_spec(m).dataset != dataset]
@@ -89,7 +119,36 @@ def build_grid(*, suite: str, dataset: str, models: str, attacks: str,
         raise QBenchError(f"models {wrong} are not trained on dataset {dataset!r}; a grid "
                           f"runs on one dataset (pick models matching '{dataset}-*')")
     checked, _ = check_inputs(dataset, attack_names, eps, n, data_root)
-    return Grid(suite, dataset, model_names, attack_names, checked, n, seed)
+    base = SUITES.get(suite)
+    if limits is None:
+        limits = base.limits if base is not None else {}
+    resolved = resolve_limits(attack_names, checked, n, limits,
+                              suite_eps=base.eps if base is not None else None,
+                              suite_n=base.n if base is not None else None)
+    return Grid(suite, dataset, model_names, attack_names, checked, n, seed, resolved)
+
+
+def resolve_limits(attack_names: list[str], eps: dict[str, list[float]], n: int, limits: dict,
+                   *, suite_eps: dict[str, list[float]] | None = None,
+                   suite_n: int | None = None) -> dict[str, tuple[list[float], int]]:
+    """(ε values, n) per limited attack; the first matching pattern of ``limits`` wins."""
+    out: dict[str, tuple[list[float], int]] = {}
+    for name in attack_names:
+        limit = next((lim for pat, lim in limits.items() if fnmatch.fnmatchcase(name, pat)),
+                     None)
+        if limit is None:
+            continue
+        norm = create_attack(name).norm
+        values = list(eps.get(norm, []))
+        if limit.eps is not None and norm in limit.eps and (
+                suite_eps is None or values == [float(e) for e in suite_eps.get(norm, [])]):
+            values = [e for e in values if any(abs(e - k) < 1e-12 for k in limit.eps[norm])]
+        size = n
+        if limit.n is not None and (suite_n is None or n == suite_n):
+            size = min(n, limit.n)
+        if (values, size) != (list(eps.get(norm, [])), n):
+            out[name] = (values, size)
+    return out
 
 
 def check_inputs(dataset: str, attack_names: list[str], eps: dict[str, list[float]], n: int,
@@ -120,6 +179,83 @@ class RunSummary:
         return len(self.records)
 
 
+def run_order(attacks: list[str]) -> list[str]:
+    """The attacks in the order they run on a model: attacks that need starting points last."""
+    needs = [getattr(create_attack(a), "needs_starts", False) for a in attacks]
+    return [a for a, n in zip(attacks, needs, strict=True) if not n] + [
+        a for a, n in zip(attacks, needs, strict=True) if n]
+
+
+class StartPool:
+    """Verified adversarial examples of one model at one (norm, ε), per test point, in memory.
+
+    ``attack_cell`` adds every verified success to the pool of its (norm, ε) and draws the
+    starting points of attacks that need them from it; ``train`` (the dataset's training
+    split) is the fallback source of starts.
+    """
+
+    def __init__(self, n: int, train: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        self.n = n
+        self.train = train
+        self.x_adv: torch.Tensor | None = None
+        self.found = torch.zeros(n, dtype=torch.bool)
+        self.sources: list[str] = []
+        self._train_pred: torch.Tensor | None = None
+
+    def add(self, idx: torch.Tensor, x_adv: torch.Tensor, success: torch.Tensor,
+            attack_name: str) -> None:
+        """Keep the verified successes ``x_adv[success]`` of test points ``idx`` (first wins)."""
+        if self.x_adv is None:
+            self.x_adv = torch.zeros((self.n, *x_adv.shape[1:]), dtype=x_adv.dtype,
+                                     device=x_adv.device)
+            self.found = self.found.to(x_adv.device)
+        new = success.to(self.found.device) & ~self.found[idx]
+        if new.any():
+            self.x_adv[idx[new]] = x_adv[new].detach()
+            self.found[idx[new]] = True
+            if attack_name not in self.sources:
+                self.sources.append(attack_name)
+
+    def starts(self, model: nn.Module, idx: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+               norm: str) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
+        """(starts, valid, counts) for test points ``idx`` with inputs ``x`` and labels ``y``."""
+        starts = x.clone()
+        valid = torch.zeros(len(idx), dtype=torch.bool, device=x.device)
+        if self.x_adv is not None:
+            mine = self.found[idx].to(x.device)
+            starts[mine] = self.x_adv[idx[mine]].to(x.device, x.dtype)
+            valid |= mine
+        from_attacks = int(valid.sum())
+        rest = (~valid).nonzero().squeeze(1)
+        if len(rest) and self.train is not None:
+            if self._train_pred is None:
+                train_x = self.train[0].to(x.device, x.dtype)
+                with torch.no_grad():
+                    self._train_pred = torch.cat([model(train_x[i : i + 1000]).argmax(1)
+                                                  for i in range(0, len(train_x), 1000)])
+            near, ok = nearest_training_starts(model, x[rest], y[rest], self.train[0], norm,
+                                               train_pred=self._train_pred)
+            starts[rest[ok]] = near[ok]
+            valid[rest[ok]] = True
+        counts = {"starts_from_attacks": from_attacks,
+                  "starts_from_train": int(valid.sum()) - from_attacks,
+                  "starts_none": int((~valid).sum())}
+        return starts, valid, counts
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """No parameter gradients while attacking: attacks need input gradients only."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -128,11 +264,16 @@ def _sync(device: str) -> None:
 def attack_cell(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean_correct: torch.Tensor, *,
     attack_name: str, eps: float, seed: int, device: str, batch_size: int = 1000,
+    pool: StartPool | None = None,
 ) -> dict:
     """Run one attack at one ε on the correctly classified points and verify the candidates.
 
     Returns the measured fields of a CellRecord. Exceptions from the attack are caught and
-    reported as an error cell; the grid goes on.
+    reported as an error cell; the grid goes on. ``pool`` (optional) holds the verified
+    successes of earlier attacks at the same model, norm and ε: this cell's successes are added
+    to it, and an attack that needs starting points draws them from it (without a pool, such an
+    attack attacks nothing). Finding starts and an attack's one-off ``warm_up()`` (if it has
+    one) are not counted in ``seconds`` or the pass counts.
     """
     attack = create_attack(attack_name)
     idx = clean_correct.nonzero().squeeze(1)
@@ -142,11 +283,22 @@ def attack_cell(
                  "n_attacked": len(idx), "rejected": 0, "info": {}}
     seconds = 0.0
     try:
-        with torch.random.fork_rng(devices=[torch.device(device)] if device != "cpu" else []):
+        with torch.random.fork_rng(devices=[torch.device(device)] if device != "cpu" else []), \
+                frozen_parameters(model):
             torch.manual_seed(seed)
             gen = torch.Generator(device=device).manual_seed(seed)
+            if len(idx) and hasattr(attack, "warm_up"):
+                attack.warm_up()  # one-off per process (e.g. numba compilation): not timed
             for start in range(0, len(idx), batch_size):
                 b = idx[start : start + batch_size]
+                if isinstance(attack, StartingPointAttack):
+                    if pool is None:
+                        starts, valid, counts = x[b], torch.zeros_like(b, dtype=torch.bool), {
+                            "starts_none": len(b)}
+                    else:
+                        starts, valid, counts = pool.starts(model, b, x[b], y[b], attack.norm)
+                    attack.set_starts(starts, valid)
+                    _merge_info(out["info"], counts, 0)
                 _sync(device)
                 t0 = time.perf_counter()
                 result = attack(counted, x[b], y[b], eps=eps, generator=gen)
@@ -156,6 +308,8 @@ def attack_cell(
                 robust[b] = ~verdict.success
                 out["rejected"] += verdict.rejected
                 _merge_info(out["info"], result.info, len(b))
+                if pool is not None:
+                    pool.add(b, result.x_adv, verdict.success, attack_name)
     except Exception as exc:  # noqa: BLE001 - an attack's failure must not stop the grid
         out.update(status="error", error=f"{type(exc).__name__}: {exc}"[:500], robust_acc=None)
     else:
@@ -194,19 +348,31 @@ def evaluate_cells(
     known: dict[str, CellRecord] | None = None, force: bool = False,
     on_record: Callable[[CellRecord], None] | None = None,
     on_skip: Callable[[], None] | None = None, progress: tqdm | None = None,
+    limits: dict[str, tuple[list[float], int]] | None = None,
 ) -> Iterator[CellRecord]:
-    """Yield one verified CellRecord per (attack, ε) for a model already in eval mode."""
+    """Yield one verified CellRecord per (attack, ε) for a model already in eval mode.
+
+    ``limits`` (see :class:`Grid`) gives attacks their own ε values and sample count ``n_a``
+    ≤ ``n``; such an attack runs on the first ``n_a`` test points.
+    """
     known = known or {}
+    limits = limits or {}
     x, y = (t.to(device) for t in dataset.test_subset(n))
-    inputs_sha = tensor_sha256(*dataset.test_subset(n))
     with torch.no_grad():
         clean_correct = model(x).argmax(1) == y
-    clean_acc = int(clean_correct.sum()) / len(clean_correct)
-    for attack_name in attacks:
+    pools: dict[tuple[str, float], StartPool] = {}
+    train = (dataset.train_x, dataset.train_y)
+    for attack_name in run_order(list(attacks)):
         attack = create_attack(attack_name)
-        for e in eps.get(attack.norm, []):
+        eps_a, n_a = limits.get(attack_name, (eps.get(attack.norm, []), n))
+        if n_a > n:
+            raise QBenchError(f"attack {attack_name} asks for {n_a} test points, more than the "
+                              f"grid's {n}")
+        inputs_sha = tensor_sha256(*dataset.test_subset(n_a))
+        clean_acc = int(clean_correct[:n_a].sum()) / n_a
+        for e in eps_a:
             key = cell_key(model_sha256=model_sha256, attack_config=attack.config(),
-                           norm=attack.norm, eps=e, n=n, inputs_sha256=inputs_sha, seed=seed)
+                           norm=attack.norm, eps=e, n=n_a, inputs_sha256=inputs_sha, seed=seed)
             if progress is not None:
                 progress.set_postfix_str(f"{model_name} {attack_name} ε={e:g}")
             if key in known and not force:
@@ -215,13 +381,15 @@ def evaluate_cells(
                 if progress is not None:
                     progress.update()
                 continue
-            measured = attack_cell(model, x, y, clean_correct, attack_name=attack_name, eps=e,
+            pool = pools.setdefault((attack.norm, float(e)), StartPool(n, train))
+            measured = attack_cell(model, x[:n_a], y[:n_a], clean_correct[:n_a],
+                                   attack_name=attack_name, eps=e,
                                    seed=cell_seed(seed, model_name, attack_name, e),
-                                   device=device)
+                                   device=device, pool=pool)
             measured["info"].pop("_w", None)
             record = CellRecord(
                 key=key, suite=suite, dataset=dataset.name, model=model_name,
-                model_sha256=model_sha256, attack=attack_name, eps=float(e), n=n,
+                model_sha256=model_sha256, attack=attack_name, eps=float(e), n=n_a,
                 clean_acc=clean_acc, device=device, seed=seed, inputs_sha256=inputs_sha,
                 versions=provenance.versions(), hardware=provenance.hardware(device),
                 created=provenance.now(), **measured,
@@ -260,15 +428,18 @@ def run_grid(
             model, card = get_model(name, device=device, retrain=retrain, progress=progress,
                                     data_root=data_root)
             sha = card["weights_sha256"]
+            calibrate(model, data, device)  # NJS β1 on the first 101 test images
             # consume the generator: records are appended one by one as cells finish
             for _ in evaluate_cells(
                 model, model_name=name, model_sha256=sha, suite=grid.suite, dataset=data,
                 attacks=grid.attacks, eps=grid.eps, n=grid.n, seed=grid.seed, device=device,
                 known=known, force=force, on_record=record, on_skip=skip, progress=bar,
+                limits=grid.limits,
             ):
                 pass
             prev = known_models.get(name)
-            if force or prev is None or prev.model_sha256 != sha or prev.n != grid.n:
+            if (force or prev is None or prev.model_sha256 != sha or prev.n != grid.n
+                    or not prev.diagnostics):
                 append(mpath, model_record(model, name, sha, card, grid, data, device))
     finally:
         bar.close()
@@ -282,6 +453,7 @@ def model_record(model: nn.Module, name: str, sha: str, card: dict, grid: Grid, 
         clean = int((model(x).argmax(1) == y).sum()) / len(y)
     return ModelRecord(
         suite=grid.suite, dataset=grid.dataset, model=name, model_sha256=sha, clean_acc=clean,
-        n=grid.n, card=card, versions=provenance.versions(),
-        hardware=provenance.hardware(device), created=provenance.now(),
+        n=grid.n, card=card, diagnostics=diagnostics(model, x, y),
+        versions=provenance.versions(), hardware=provenance.hardware(device),
+        created=provenance.now(),
     )

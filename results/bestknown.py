@@ -4,6 +4,17 @@ Computed from the per-sample ``robust`` vectors of the recorded cells, per
 (suite, model, norm, ε). Error cells do not count (they attacked nothing). Attacks are
 considered in a fixed order (cheapest first, by seconds per sample), and each broken point is
 credited to the first attack that broke it.
+
+Cells of different sample counts. A suite may run an expensive attack on fewer test points
+than the others (e.g. Brendel-Bethge on the first 200 of 1,000). The test points of a cell with
+``n`` points are always the first ``n`` of the split, so a smaller cell covers a prefix of a
+larger one. The best-known value is computed over the largest ``n`` of the group: a point is
+broken if any cell that covers it broke it (a smaller cell contributes its breaks on its
+prefix and says nothing about the points after it). Every broken point was verified, so this
+is still an upper bound on the true robust accuracy, and the tightest one the records give.
+``best_attack`` is chosen among the cells of the largest ``n`` (their accuracies are
+comparable). Cells whose ``clean_correct`` vectors disagree on their common prefix cannot
+come from the same test points and raise ValueError.
 """
 
 from __future__ import annotations
@@ -17,8 +28,9 @@ KEYS = ["suite", "dataset", "model", "norm", "eps"]
 def best_known(cells: pd.DataFrame) -> pd.DataFrame:
     """One row per (suite, dataset, model, norm, ε).
 
-    Columns: the keys, ``n``, ``clean_acc``, ``best_known_acc`` (per-sample minimum over the
-    attacks), ``best_attack`` (the single attack with the lowest robust accuracy),
+    Columns: the keys, ``n`` (the largest sample count of the group), ``clean_acc``,
+    ``best_known_acc`` (per-sample minimum over the attacks), ``best_attack`` (the single
+    attack with the lowest robust accuracy among the cells of ``n`` points),
     ``attacks`` (how many ok cells were combined), ``broken_by`` (attack name per broken test
     point, or "" for robust points and clean mistakes), ``unique_breaks`` (dict attack → points
     only that attack broke).
@@ -29,12 +41,20 @@ def best_known(cells: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for key, group in ok.groupby(KEYS, sort=True):
         group = group.sort_values(["seconds_per_sample", "attack"])
-        n = int(group["n"].iloc[0])
-        if (group["n"] != n).any():
-            raise ValueError(f"cells of {key} have different sample counts; rerun with one n")
-        robust = np.array(group["robust"].tolist(), dtype=bool)  # (attacks, n)
+        n = int(group["n"].max())
+        full = group[group["n"] == n]
+        clean_ok = np.array(full["clean_correct"].iloc[0], dtype=bool)
+        # (attacks, n): a point beyond a smaller cell's prefix was not broken by that cell
+        robust = np.ones((len(group), n), dtype=bool)
+        for row, (vec, clean) in enumerate(zip(group["robust"], group["clean_correct"],
+                                               strict=True)):
+            m = len(vec)
+            if not np.array_equal(np.array(clean, dtype=bool), clean_ok[:m]):
+                raise ValueError(f"cells of {key} disagree on which of their common test "
+                                 "points are correctly classified: they did not see the same "
+                                 "test points")
+            robust[row, :m] = np.array(vec, dtype=bool)
         combined = robust.all(axis=0)
-        clean_ok = np.array(group["clean_correct"].iloc[0], dtype=bool)
         broken_by = [""] * n
         for name, vec in zip(group["attack"], robust, strict=True):
             for i in np.flatnonzero(~vec & clean_ok):
@@ -44,13 +64,12 @@ def best_known(cells: pd.DataFrame) -> pd.DataFrame:
         for i, name in enumerate(group["attack"]):
             others = np.delete(robust, i, axis=0).all(axis=0) if len(robust) > 1 else clean_ok
             unique[name] = int((~robust[i] & others & clean_ok).sum())
-        best = group.loc[group["robust_acc"].idxmin()]
+        best = full.loc[full["robust_acc"].idxmin()]
         rows.append({
             **dict(zip(KEYS, key, strict=True)), "n": n,
-            "clean_acc": float(group["clean_acc"].iloc[0]),
+            "clean_acc": float(full["clean_acc"].iloc[0]),
             "best_known_acc": float(combined.mean()),
             "best_attack": best["attack"], "best_attack_acc": float(best["robust_acc"]),
             "attacks": len(group), "broken_by": broken_by, "unique_breaks": unique,
         })
     return pd.DataFrame(rows, columns=columns)
-

@@ -96,7 +96,7 @@ class ModelRecord:
     clean_acc: float  # on the suite's n test points
     n: int
     card: dict[str, Any] = field(default_factory=dict)
-    diagnostics: dict[str, float] = field(default_factory=dict)
+    diagnostics: dict[str, float | None] = field(default_factory=dict)  # None: undefined
     versions: dict[str, str] = field(default_factory=dict)
     hardware: str = ""
     created: str = ""

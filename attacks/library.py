@@ -1,0 +1,407 @@
+"""Thin adapters around the attacks of Foolbox 3 and pyautoattack (AutoAttack's original code).
+
+Every adapter is an :class:`~attacks.base.Attack`: it returns candidates only. The libraries'
+own success flags are ignored; the benchmark verifies every candidate itself.
+
+* ``deepfool-linf`` / ``deepfool-l2``: Foolbox ``LinfDeepFoolAttack`` / ``L2DeepFoolAttack``
+  with Foolbox's defaults (50 steps, the 10 most likely classes, overshoot 0.02, logit loss),
+  called with ``epsilons=ε`` (Foolbox clips the minimal perturbation to the ε-ball).
+  DeepFool attacks the predicted top classes; the benchmark only attacks correctly classified
+  points, whose top class is the label.
+* ``bba-linf`` / ``bba-l2``: Foolbox ``LinfinityBrendelBethgeAttack`` / ``L2BrendelBethgeAttack``
+  with Foolbox's defaults (1,000 steps, lr 1e-3, 10 binary-search steps), clipped to the ε-ball.
+  Brendel-Bethge needs an adversarial starting point per sample, see
+  :class:`StartingPointAttack`; the benchmark runner provides them (earlier attacks' verified
+  successes, else the nearest training point of another predicted class). BB only ever moves
+  its best adversarial closer, so a start already inside the ε-ball is returned as it is
+  (``keep_inball_starts``) and the 1,000 steps are spent on the other points only: a BBA cell's
+  robust accuracy is therefore never above that of the attacks whose successes it started from.
+* ``apgd-ce`` / ``apgd-dlr``: pyautoattack ``APGDAttack``, 100 iterations, 1 restart, ρ = 0.75.
+* ``square``: pyautoattack ``SquareAttack`` with AutoAttack's standard settings (5,000 queries,
+  p_init 0.8, 1 restart, no schedule rescaling); gradient-free.
+* ``autoattack``: the standard AutoAttack ensemble (APGD-CE, APGD-T with 9 target classes, FAB-T
+  with 9 target classes, Square with 5,000 queries), each run on the points the previous ones
+  did not break, as pyautoattack's ``AutoAttack`` wrapper does in its ``standard`` version.
+  The component attacks and their settings are taken from a wrapper instance built with
+  ``version="standard"``; the wrapper's own loop is not used because its model checks call
+  ``sys.settrace(None)`` (which switches off coverage and debuggers) and add forward passes.
+
+pyautoattack seeds its attacks with ``torch.manual_seed`` (from the clock when no seed is given):
+the adapters pass a seed drawn from the ``generator`` argument and run inside
+``torch.random.fork_rng``, so the global RNG state is left as it was found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from attacks.base import NORMS, Attack, AttackResult, Norm
+from attacks.registry import register_attack
+
+_AA_NORM = {"linf": "Linf", "l2": "L2"}
+#: float tolerance of "inside the ε-ball" for kept starts; the same as bench/verify.py's
+#: (a start from a projected attack sits at ε up to float rounding)
+BALL_REL_TOL = 1e-5
+BALL_ABS_TOL = 1e-6
+
+
+def _check_norm(norm: str) -> Norm:
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    return norm  # type: ignore[return-value]
+
+
+def draw_seed(generator: torch.Generator) -> int:
+    """A library seed drawn from the attack's generator (advances the generator)."""
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator,
+                             device=generator.device).item())
+
+
+@contextlib.contextmanager
+def isolated_rng(device: torch.device) -> Iterator[None]:
+    """Run a library that reseeds the global torch RNG without changing the caller's state."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
+def _fb_model(model: nn.Module, device: torch.device) -> Any:
+    import foolbox as fb
+
+    return fb.PyTorchModel(model, bounds=(0.0, 1.0), device=device)
+
+
+# --------------------------------------------------------------------------- Foolbox
+
+
+class DeepFool(Attack):
+    """Foolbox's DeepFool (L∞ or L2) with Foolbox's defaults, clipped to the ε-ball."""
+
+    def __init__(self, *, norm: Norm = "linf", steps: int = 50, candidates: int = 10,
+                 overshoot: float = 0.02, loss: str = "logits") -> None:
+        self.norm = _check_norm(norm)
+        self.steps = steps
+        self.candidates = candidates
+        self.overshoot = overshoot
+        self.loss = loss
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+            generator: torch.Generator) -> AttackResult:
+        import foolbox as fb
+
+        cls = fb.attacks.LinfDeepFoolAttack if self.norm == "linf" else fb.attacks.L2DeepFoolAttack
+        attack = cls(steps=self.steps, candidates=self.candidates, overshoot=self.overshoot,
+                     loss=self.loss)
+        with isolated_rng(x.device):
+            _, clipped, _ = attack(_fb_model(model, x.device), x, y, epsilons=eps)
+        return AttackResult(clipped.detach())
+
+
+class StartingPointAttack(Attack):
+    """An attack that needs an adversarial starting point for every sample it attacks.
+
+    The caller hands the starting points for the *next* call over with :meth:`set_starts`
+    (same batch order as that call's ``x``). A start is used only if it is marked valid,
+    finite, inside [0, 1] and misclassified by the model (checked again here, on exactly
+    the batch the library will see). Samples without a usable start are not attacked: their
+    candidate is the clean input. Without :meth:`set_starts`, no sample is attacked.
+    The starts are consumed by the call.
+    """
+
+    needs_starts: ClassVar[bool] = True
+
+    def set_starts(self, starts: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        """Starting points for the next call; ``valid`` (bool per sample) marks usable ones."""
+        if valid is None:
+            valid = torch.ones(len(starts), dtype=torch.bool, device=starts.device)
+        if len(valid) != len(starts):
+            raise ValueError(f"{len(valid)} validity flags for {len(starts)} starting points")
+        self._starts = (starts.detach(), valid.to(torch.bool))
+
+    def usable_starts(self, model: nn.Module, x: torch.Tensor,
+                      y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(starts, indices of the samples that have an adversarial start); consumes them."""
+        given = getattr(self, "_starts", None)
+        self._starts = None
+        if given is None:
+            return x, torch.zeros(0, dtype=torch.long, device=x.device)
+        starts, valid = given
+        if starts.shape != x.shape:
+            raise ValueError(f"starting points of shape {tuple(starts.shape)} for inputs of "
+                             f"shape {tuple(x.shape)}")
+        starts = starts.to(x.device, x.dtype)
+        flat = starts.flatten(1)
+        ok = valid.to(x.device) & torch.isfinite(flat).all(1) & (flat >= 0).all(1) & (
+            flat <= 1).all(1)
+        sel = ok.nonzero().squeeze(1)
+        # Re-check on exactly the batch the library will check: a point on the decision
+        # boundary may flip with the batch composition, and Foolbox then loses the whole batch.
+        with torch.no_grad():
+            for _ in range(5):
+                if len(sel) == 0:
+                    break
+                adv = model(starts[sel]).argmax(1) != y[sel]
+                if adv.all():
+                    break
+                sel = sel[adv]
+            else:
+                sel = sel[:0]
+        return starts, sel
+
+
+class BrendelBethge(StartingPointAttack):
+    """Foolbox's Brendel-Bethge attack (L∞ or L2), defaults, clipped to the ε-ball."""
+
+    def __init__(self, *, norm: Norm = "linf", steps: int = 1000, lr: float = 1e-3,
+                 lr_decay: float = 0.5, lr_num_decay: int = 20, momentum: float = 0.8,
+                 overshoot: float = 1.1, binary_search_steps: int = 10,
+                 keep_inball_starts: bool = True) -> None:
+        self.norm = _check_norm(norm)
+        #: a start already inside the ε-ball is returned as it is: BB only moves its current
+        #: best adversarial closer, so the verdict at ε is decided and the 1,000 steps are saved
+        self.keep_inball_starts = keep_inball_starts
+        self.steps = steps
+        self.lr = lr
+        self.lr_decay = lr_decay
+        self.lr_num_decay = lr_num_decay
+        self.momentum = momentum
+        self.overshoot = overshoot
+        self.binary_search_steps = binary_search_steps
+
+    def warm_up(self) -> None:
+        """Compile Foolbox's numba solver (20-60 s, once per process) outside any timing:
+        two steps on a tiny linear 3-class problem compile the constructor and the solver
+        (numba compiles per dtype, not per shape). Cheap once compiled."""
+        import foolbox as fb
+
+        x = torch.tensor([[0.6, 0.1, 0.1, 0.5]])
+        start = torch.tensor([[0.1, 0.6, 0.1, 0.5]])  # class 1 instead of 0: adversarial
+        attack = self._foolbox_attack(steps=2)
+        with isolated_rng(x.device), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lin = nn.Linear(4, 3, bias=False)  # its random init happens inside fork_rng
+            with torch.no_grad():
+                lin.weight.copy_(torch.eye(3, 4))
+            attack(fb.PyTorchModel(lin.eval(), bounds=(0.0, 1.0), device="cpu"), x,
+                   torch.tensor([0]), epsilons=None, starting_points=start)
+
+    def _foolbox_attack(self, steps: int | None = None) -> Any:
+        import foolbox as fb
+
+        cls = (fb.attacks.LinfinityBrendelBethgeAttack if self.norm == "linf"
+               else fb.attacks.L2BrendelBethgeAttack)
+        with warnings.catch_warnings():  # the "needs to be compiled" notice
+            warnings.simplefilter("ignore", UserWarning)
+            return cls(steps=steps or self.steps, lr=self.lr, lr_decay=self.lr_decay,
+                       lr_num_decay=self.lr_num_decay, momentum=self.momentum,
+                       overshoot=self.overshoot, binary_search_steps=self.binary_search_steps)
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+            generator: torch.Generator) -> AttackResult:
+        starts, sel = self.usable_starts(model, x, y)
+        x_adv = x.clone()
+        info: dict[str, Any] = {"no_start": len(x) - len(sel)}
+        if self.keep_inball_starts and len(sel):
+            delta = (starts[sel] - x[sel]).flatten(1)
+            dist = delta.abs().amax(1) if self.norm == "linf" else delta.norm(dim=1)
+            inside = dist <= eps * (1 + BALL_REL_TOL) + BALL_ABS_TOL
+            x_adv[sel[inside]] = starts[sel[inside]]
+            sel = sel[~inside]
+            info["kept_start"] = int(inside.sum())
+        info["attacked"] = len(sel)
+        if len(sel) == 0:
+            return AttackResult(x_adv, info)
+        attack = self._foolbox_attack()
+        with isolated_rng(x.device):
+            _, clipped, _ = attack(_fb_model(model, x.device), x[sel].contiguous(), y[sel],
+                                   epsilons=eps, starting_points=starts[sel].contiguous())
+        x_adv[sel] = clipped.detach().to(x.dtype)
+        return AttackResult(x_adv, info)
+
+
+@torch.no_grad()
+def nearest_training_starts(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                            train_x: torch.Tensor, norm: str, *, train_pred: torch.Tensor |
+                            None = None, batch_size: int = 256) -> tuple[torch.Tensor,
+                                                                         torch.Tensor]:
+    """For each sample, the nearest training point (in ``norm``) that the model assigns to a
+    class other than the sample's label: adversarial for the sample by construction.
+
+    Returns (starts, found); ``found`` is False where no training point qualifies. The caller
+    should still verify the starts (:class:`StartingPointAttack` does).
+    """
+    train_x = train_x.to(x.device, x.dtype)
+    if train_pred is None:
+        train_pred = torch.cat([model(train_x[i : i + 1000]).argmax(1)
+                                for i in range(0, len(train_x), 1000)])
+    train_pred = train_pred.to(x.device)
+    flat_train = train_x.flatten(1)
+    p = float("inf") if norm == "linf" else 2.0
+    starts = x.clone()
+    found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i : i + batch_size].flatten(1), y[i : i + batch_size]
+        dist = torch.cdist(xb, flat_train, p=p)
+        dist = dist.masked_fill(train_pred[None, :] == yb[:, None], float("inf"))
+        best, j = dist.min(1)
+        ok = torch.isfinite(best)
+        starts[i : i + batch_size][ok] = train_x[j[ok]]
+        found[i : i + batch_size] = ok
+    return starts, found
+
+
+# --------------------------------------------------------------------------- pyautoattack
+
+
+class APGD(Attack):
+    """pyautoattack's APGD (Croce & Hein 2020) with the CE or the DLR loss."""
+
+    def __init__(self, *, norm: Norm = "linf", loss: str = "ce", n_iter: int = 100,
+                 n_restarts: int = 1, rho: float = 0.75) -> None:
+        if loss not in ("ce", "dlr"):
+            raise ValueError(f"loss must be 'ce' or 'dlr', got {loss!r}")
+        self.norm = _check_norm(norm)
+        self.loss = loss
+        self.n_iter = n_iter
+        self.n_restarts = n_restarts
+        self.rho = rho
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+            generator: torch.Generator) -> AttackResult:
+        from pyautoattack.autopgd_base import APGDAttack
+
+        seed = draw_seed(generator)
+        attack = APGDAttack(model, n_iter=self.n_iter, norm=_AA_NORM[self.norm],
+                            n_restarts=self.n_restarts, eps=eps, seed=seed, loss=self.loss,
+                            eot_iter=1, rho=self.rho, verbose=False, device=x.device)
+        with isolated_rng(x.device):
+            x_adv = attack.perturb(x, y)
+        return AttackResult(x_adv.detach())
+
+
+class Square(Attack):
+    """pyautoattack's Square Attack (Andriushchenko et al. 2020): score-based, no gradients."""
+
+    uses_gradients: ClassVar[bool] = False
+
+    def __init__(self, *, norm: Norm = "linf", n_queries: int = 5000, p_init: float = 0.8,
+                 n_restarts: int = 1, loss: str = "margin") -> None:
+        self.norm = _check_norm(norm)
+        self.n_queries = n_queries
+        self.p_init = p_init
+        self.n_restarts = n_restarts
+        self.loss = loss
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+            generator: torch.Generator) -> AttackResult:
+        from pyautoattack.square import SquareAttack
+
+        if x.ndim != 4:
+            raise ValueError("Square Attack needs image batches of shape (N, C, H, W)")
+        seed = draw_seed(generator)
+        attack = SquareAttack(model, norm=_AA_NORM[self.norm], n_queries=self.n_queries,
+                              eps=eps, p_init=self.p_init, n_restarts=self.n_restarts,
+                              seed=seed, verbose=False, loss=self.loss, resc_schedule=False,
+                              device=x.device)
+        with isolated_rng(x.device), torch.no_grad():
+            x_adv = attack.perturb(x, y)
+        return AttackResult(x_adv.detach())
+
+
+class AutoAttackStandard(Attack):
+    """The standard AutoAttack ensemble, from pyautoattack's original attack classes."""
+
+    def __init__(self, *, norm: Norm = "linf", version: str = "standard") -> None:
+        if version != "standard":
+            raise ValueError("only AutoAttack's 'standard' version is wired up")
+        self.norm = _check_norm(norm)
+        self.version = version
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+            generator: torch.Generator) -> AttackResult:
+        from pyautoattack import AutoAttack
+
+        seed = draw_seed(generator)
+        # The wrapper only configures its component attacks here; it does not call the model.
+        aa = AutoAttack(model, norm=_AA_NORM[self.norm], eps=eps, seed=seed,
+                        version=self.version, device=x.device)
+        aa.verbose = False
+        x_adv = x.clone()
+        robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
+        info: dict[str, Any] = {}
+        with isolated_rng(x.device):
+            for name in aa.attacks_to_run:
+                idx = robust.nonzero().squeeze(1)
+                if len(idx) == 0:
+                    break
+                adv = self._component(aa, name, x[idx].clone(), y[idx].clone())
+                with torch.no_grad():
+                    broken = model(adv).argmax(1) != y[idx]
+                x_adv[idx[broken]] = adv[broken].detach()
+                robust[idx[broken]] = False
+                info[f"broken_by_{name}"] = int(broken.sum())
+        return AttackResult(x_adv, info)
+
+    @staticmethod
+    def _component(aa: Any, name: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One component, configured exactly as the wrapper's ``run_standard_evaluation``."""
+        if name == "apgd-ce":
+            aa.apgd.loss = "ce"
+            return aa.apgd.perturb(x, y)
+        if name == "apgd-dlr":
+            aa.apgd.loss = "dlr"
+            return aa.apgd.perturb(x, y)
+        if name == "apgd-t":
+            return aa.apgd_targeted.perturb(x, y)
+        if name == "fab-t":
+            aa.fab.targeted = True
+            aa.fab.n_restarts = 1
+            return aa.fab.perturb(x, y)
+        if name == "fab":
+            aa.fab.targeted = False
+            return aa.fab.perturb(x, y)
+        if name == "square":
+            with torch.no_grad():
+                return aa.square.perturb(x, y)
+        raise ValueError(f"unknown AutoAttack component {name!r}")
+
+
+# --------------------------------------------------------------------------- registry
+
+for _norm, _text in (("linf", "L∞"), ("l2", "L2")):
+    register_attack(
+        f"deepfool-{_norm}", DeepFool, norm=_norm,
+        description=f"DeepFool {_text} (Foolbox 3, defaults: 50 steps, top-10 classes, "
+        "overshoot 0.02), clipped to the ε-ball",
+    )
+    register_attack(
+        f"bba-{_norm}", BrendelBethge, norm=_norm,
+        description=f"Brendel-Bethge {_text} (Foolbox 3, defaults: 1000 steps), clipped to the "
+        "ε-ball, warm-started: from earlier attacks' verified successes at the same ε (kept "
+        "as they are), else from the nearest training point of another predicted class; "
+        "points without a start are not attacked",
+    )
+register_attack(
+    "apgd-ce", APGD, norm="linf", loss="ce",
+    description="APGD-CE L∞ (pyautoattack): 100 iterations, 1 restart, CE loss",
+)
+register_attack(
+    "apgd-dlr", APGD, norm="linf", loss="dlr",
+    description="APGD-DLR L∞ (pyautoattack): 100 iterations, 1 restart, DLR loss",
+)
+register_attack(
+    "square", Square, norm="linf",
+    description="Square Attack L∞ (pyautoattack): 5000 queries, p_init 0.8, margin loss, "
+    "no gradients",
+)
+register_attack(
+    "autoattack", AutoAttackStandard, norm="linf",
+    description="AutoAttack standard L∞ (pyautoattack's classes): APGD-CE, APGD-T, FAB-T, "
+    "Square 5000 queries, each on the points the previous ones left",
+)

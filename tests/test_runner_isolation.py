@@ -1,0 +1,162 @@
+"""Runner: failure isolation (graph-cutting models), pass counting, suite limits, best-known
+accuracy over cells of different sample counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import bench
+import results
+from bench import runner
+from bench.suites import Limit, Suite
+from results.schema import CellRecord, to_dict
+
+
+class GraphCut(nn.Module):  # Brendel-Bethge's case is in test_library_attacks.py
+    """Sees its input through ``detach``: no gradient reaches the input."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.detach())
+
+
+def test_graph_cutting_model_gives_error_cells_for_gradient_attacks_only(digits,
+                                                                        digits_models):
+    model = GraphCut(digits_models["bnn-waq"]).eval()
+    rows = {r.attack: r for r in runner.evaluate_cells(
+        model, model_name="cut", model_sha256="0" * 64, suite="t", dataset=digits,
+        attacks=["pgd-linf", "apgd-ce", "deepfool-linf", "square"],
+        eps={"linf": [0.3]}, n=20, seed=0, device="cpu",
+    )}
+    for name in ("pgd-linf", "apgd-ce", "deepfool-linf"):
+        r = rows[name]
+        assert r.status == "error" and r.robust_acc is None, name
+        assert "grad" in r.error, r.error  # the exception's message is kept
+    sq = rows["square"]
+    assert sq.status == "ok" and sq.error is None
+    assert sq.robust_acc is not None and sq.robust_acc < sq.clean_acc
+    assert sq.backwards_per_sample == 0 and sq.forwards_per_sample > 1
+    # the model's parameters are left as they were (frozen only while attacking)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("k", [7, 25])
+def test_pass_counts_of_pgd(k, digits, digits_models):
+    model = digits_models["ref"]
+    for p in model.parameters():
+        p.grad = None  # other tests' attacks may have left parameter gradients
+    x, y = digits.test_subset(k)
+    clean = torch.ones(k, dtype=torch.bool)
+    out = runner.attack_cell(model, x, y, clean, attack_name="pgd-linf", eps=0.1, seed=0,
+                             device="cpu")
+    assert out["status"] == "ok"
+    # 20 steps with one forward and one backward each, plus the final forward
+    assert out["forwards_per_sample"] == 21 and out["backwards_per_sample"] == 20
+    assert all(p.grad is None for p in model.parameters())  # no parameter gradients
+    if k > 10:
+        return
+    apgd = runner.attack_cell(model, x, y, clean, attack_name="apgd-ce", eps=0.1, seed=0,
+                              device="cpu")
+    assert 100 <= apgd["forwards_per_sample"] <= 105
+    assert 100 <= apgd["backwards_per_sample"] <= 102
+
+
+def test_start_needing_attacks_run_last():
+    assert runner.run_order(["bba-l2", "fgsm", "bba-linf", "square"]) == [
+        "fgsm", "square", "bba-l2", "bba-linf"]
+
+
+def test_suite_limits_apply_to_the_suites_own_eps_and_n(monkeypatch):
+    from bench import suites
+
+    eps = {"linf": [0.1, 0.3], "l2": [1.0]}
+    suite = Suite("t-lim", "digits", "digits-mlp5x100-ref", "fgsm,square,bba-*", eps, 50,
+                  limits={"square": Limit(eps={"linf": [0.3]}),
+                          "bba-*": Limit(eps={"linf": [0.1]}, n=20)})
+    monkeypatch.setitem(suites.SUITES, suite.name, suite)
+    kw = dict(suite="t-lim", dataset="digits", models=suite.models, attacks=suite.attacks)
+    grid = bench.build_grid(**kw, eps=eps, n=50)
+    assert grid.plan("fgsm") == ([0.1, 0.3], 50)
+    assert grid.plan("square") == ([0.3], 50)
+    assert grid.plan("bba-linf") == ([0.1], 20) and grid.plan("bba-l2") == ([1.0], 20)
+    assert len(grid.cells()) == 2 + 1 + 1 + 1
+    # explicit ε / n override the limits of that dimension
+    other = bench.build_grid(**kw, eps={"linf": [0.1], "l2": [1.0]}, n=30)
+    assert other.plan("square") == ([0.1], 30) and other.plan("bba-linf") == ([0.1], 30)
+    with pytest.raises(ValueError, match="does not run"):
+        Suite("bad", "digits", "*", "square", eps, 50, limits={"square": Limit({"linf": [0.2]})})
+
+
+def test_limited_cells_run_on_a_prefix_and_combine(tmp_path, monkeypatch, digits_models):
+    from bench import suites
+
+    eps = {"linf": [0.1]}
+    suite = Suite("t-pre", "digits", "digits-mlp5x100-ref", "fgsm,pgd-linf", eps, 40,
+                  limits={"pgd-linf": Limit(n=15)})
+    monkeypatch.setitem(suites.SUITES, suite.name, suite)
+    grid = bench.build_grid(suite="t-pre", dataset="digits", models=suite.models,
+                            attacks=suite.attacks, eps=eps, n=40, seed=1)
+    bench.run_grid(grid, device="cpu", results_root=tmp_path, progress=False)
+    cells = results.load("t-pre", root=tmp_path)
+    assert dict(zip(cells["attack"], cells["n"], strict=True)) == {"fgsm": 40, "pgd-linf": 15}
+    assert cells["inputs_sha256"].nunique() == 2
+    fgsm = cells.set_index("attack").loc["fgsm"]
+    pgd = cells.set_index("attack").loc["pgd-linf"]
+    assert pgd["clean_correct"] == fgsm["clean_correct"][:15]
+    best = results.best_known(cells).iloc[0]
+    expect = np.array(fgsm["robust"], dtype=bool)
+    expect[:15] &= np.array(pgd["robust"], dtype=bool)
+    assert best["n"] == 40 and best["best_known_acc"] == expect.mean()
+    assert best["best_attack"] == "fgsm"  # chosen among the cells of the largest n
+    again = bench.run_grid(grid, device="cpu", results_root=tmp_path, progress=False)
+    assert again.ran == 0 and again.skipped == 2
+
+
+def _cell(attack: str, robust: list[int], clean: list[int], **over) -> CellRecord:
+    n = len(robust)
+    kw = dict(key=f"k-{attack}-{n}", suite="s", dataset="digits", model="m",
+              model_sha256="0" * 64, attack=attack, attack_config={}, norm="linf", eps=0.1,
+              n=n, n_attacked=sum(clean), clean_acc=sum(clean) / n,
+              robust_acc=sum(robust) / n, seconds=1.0, seconds_per_sample=0.1, device="cpu",
+              seed=0, robust=robust, clean_correct=clean, inputs_sha256="x")
+    kw.update(over)
+    return CellRecord(**kw).validate()
+
+
+def test_best_known_is_the_per_sample_minimum_over_attacks():
+    rng = np.random.default_rng(0)
+    clean = [int(v) for v in rng.random(50) < 0.9]
+    vecs = [[int(c and r) for c, r in zip(clean, rng.random(50) < p, strict=True)]
+            for p in (0.7, 0.5, 0.8)]
+    cells = [_cell(a, v, clean, seconds_per_sample=s)
+             for a, v, s in zip("abc", vecs, (0.3, 0.1, 0.2), strict=True)]
+    cells.append(_cell("err", clean, clean, status="error", robust_acc=None, error="E: x"))
+    best = results.best_known(pd.DataFrame([to_dict(c) for c in cells])).iloc[0]
+    minimum = np.min(np.array(vecs), axis=0)
+    assert best["best_known_acc"] == minimum.mean() and best["attacks"] == 3
+    accs = {a: np.mean(v) for a, v in zip("abc", vecs, strict=True)}
+    assert best["best_attack"] == min(accs, key=accs.get)
+    for i, who in enumerate(best["broken_by"]):
+        broken = [a for a, v in zip("bca", [vecs[1], vecs[2], vecs[0]], strict=True)
+                  if clean[i] and not v[i]]
+        assert who == (broken[0] if broken else "")  # cheapest attack first
+
+
+def test_best_known_over_a_prefix_cell_and_a_mismatch_is_refused():
+    clean = [1, 1, 1, 1, 0, 1]
+    full = _cell("a", [1, 0, 1, 1, 0, 1], clean)
+    prefix = _cell("b", [0, 1, 1], clean[:3])
+    best = results.best_known(pd.DataFrame([to_dict(full), to_dict(prefix)])).iloc[0]
+    assert best["n"] == 6 and best["best_known_acc"] == 3 / 6  # points 2, 3, 5 survive
+    assert best["broken_by"] == ["b", "a", "", "", "", ""]
+    assert best["unique_breaks"] == {"a": 1, "b": 1}
+    wrong = _cell("c", [0, 0, 0], [1, 0, 1], n_attacked=2)
+    with pytest.raises(ValueError, match="same test points"):
+        results.best_known(pd.DataFrame([to_dict(full), to_dict(wrong)]))
