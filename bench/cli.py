@@ -83,9 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder with dataset files (default: $QBENCH_DATA or .cache/qbench/data)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    p = sub.add_parser("show", help="print a model's card (trains it if needed)")
+    p = sub.add_parser("show", help="print a model's card (JSON; never trains)")
     p.add_argument("model")
-    p.add_argument("--device", default="auto")
 
     p = sub.add_parser("train", help="train (or verify the cache of) models")
     p.add_argument("models", help="model names or wildcards, comma-separated")
@@ -156,11 +155,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from bench.runner import resolve_device
-    from zoo import get_model
+    from zoo.registry import model_card
 
-    _, card = get_model(args.model, device=resolve_device(args.device))
-    print(json.dumps(card, indent=2, sort_keys=True))
+    print(json.dumps(model_card(args.model), indent=2, sort_keys=True))
     return 0
 
 
