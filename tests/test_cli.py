@@ -12,7 +12,7 @@ from bench.cli import main, parse_eps
 
 
 def test_list_prints_one_name_per_line(capsys):
-    assert main(["list", "models", "mnist5k-*-bnn-waq"]) == 0
+    assert main(["list", "models", "mnist5k-mlp*-bnn-waq"]) == 0
     assert capsys.readouterr().out.split() == ["mnist5k-mlp3x512-bnn-waq",
                                               "mnist5k-mlp5x100-bnn-waq"]
     assert main(["list", "attacks"]) == 0
