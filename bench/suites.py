@@ -6,7 +6,8 @@ L∞ {0.05, 0.1, 0.2, 0.3} and L2 {0.5, 1.0, 1.5, 2.0} (inputs in [0, 1], 784 pi
 Costly attacks. A suite may run an attack at a subset of its ε values or on the first n test
 points only (:class:`Limit`), so that ``nox -s benchmark`` (train the zoo, run the default
 suite, render the site) stays within 30 minutes on a 2-core CPU. Measured process CPU seconds
-per cell (one torch thread, mnist5k MLPs, n = 1,000 unless said otherwise):
+per cell (one torch thread, mnist5k 5x100 MLPs, n = 1,000 unless said otherwise; taken while
+the machine was shared, so on the high side):
 
 * FGSM / PGD / PGD++: 0.03-0.3; DeepFool 0.8-6.6 (50 steps × 9 classes on the whole batch
   until every point is fooled, so the cost does not depend on ε); APGD-CE/DLR 1.3-1.8.
@@ -20,8 +21,11 @@ per cell (one torch thread, mnist5k MLPs, n = 1,000 unless said otherwise):
   3-21 on the first 100 points. Compiling its numba solver (20-60 s, once per process) is
   not counted.
 
-The default suite came to 100-136 CPU seconds per model (including one numba compilation per
-norm), i.e. about 15 minutes for the 8 MLPs, plus training and rendering. It runs
+The whole default suite (with the limits below, and the ++ variants) took 92 s of wall time
+on mlp5x100-ref-at, 110 s on mlp5x100-bnn-waq and 305 s on mlp3x512-bnn-waq (two torch
+threads, otherwise idle machine, each including one numba compilation per norm), i.e. about
+19 minutes for the 8 MLPs, plus training and rendering. DeepFool is then the largest cost
+without a limit (92 of the 305 s); its cost does not depend on ε. The default suite runs
 
 * Square at L∞ 0.1 and 0.3 only (all 1,000 points),
 * AutoAttack at L∞ 0.1 only, on the first 200 test points,

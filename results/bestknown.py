@@ -15,6 +15,11 @@ is still an upper bound on the true robust accuracy, and the tightest one the re
 ``best_attack`` is chosen among the cells of the largest ``n`` (their accuracies are
 comparable). Cells whose ``clean_correct`` vectors disagree on their common prefix cannot
 come from the same test points and raise ValueError.
+
+Retrained models. Records are append-only, so a model that was retrained (other weights, other
+``model_sha256``) keeps the cells of its old weights. Per-sample vectors of two different
+networks must not be combined: for each (suite, dataset, model) only the cells of the weights
+of the most recently created cell count.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ def best_known(cells: pd.DataFrame) -> pd.DataFrame:
     """
     columns = [*KEYS, "n", "clean_acc", "best_known_acc", "best_attack", "best_attack_acc",
                "attacks", "broken_by", "unique_breaks"]
-    ok = cells[cells["status"] == "ok"] if len(cells) else cells
+    ok = _current_weights(cells[cells["status"] == "ok"]) if len(cells) else cells
     rows = []
     for key, group in ok.groupby(KEYS, sort=True):
         group = group.sort_values(["seconds_per_sample", "attack"])
@@ -73,3 +78,13 @@ def best_known(cells: pd.DataFrame) -> pd.DataFrame:
             "attacks": len(group), "broken_by": broken_by, "unique_breaks": unique,
         })
     return pd.DataFrame(rows, columns=columns)
+
+
+def _current_weights(cells: pd.DataFrame) -> pd.DataFrame:
+    """The cells of each model's most recent weights (by ``created``, then by row order)."""
+    if "model_sha256" not in cells.columns or cells.empty:
+        return cells
+    order = cells.sort_values("created", kind="stable") if "created" in cells.columns else cells
+    latest = order.groupby(["suite", "dataset", "model"])["model_sha256"].last()
+    current = cells.join(latest.rename("_current"), on=["suite", "dataset", "model"])
+    return cells[current["_current"] == cells["model_sha256"]]

@@ -160,3 +160,12 @@ def test_best_known_over_a_prefix_cell_and_a_mismatch_is_refused():
     wrong = _cell("c", [0, 0, 0], [1, 0, 1], n_attacked=2)
     with pytest.raises(ValueError, match="same test points"):
         results.best_known(pd.DataFrame([to_dict(full), to_dict(wrong)]))
+
+
+def test_best_known_ignores_cells_of_older_weights_of_the_same_model():
+    clean = [1, 1, 1, 1]
+    old = _cell("a", [0, 0, 0, 0], clean, model_sha256="1" * 64, created="2026-01-01T00:00:00Z")
+    new = _cell("b", [1, 0, 1, 1], clean, created="2026-02-01T00:00:00Z")
+    newer = _cell("c", [1, 1, 0, 1], clean, created="2026-03-01T00:00:00Z")
+    best = results.best_known(pd.DataFrame([to_dict(c) for c in (new, old, newer)])).iloc[0]
+    assert best["attacks"] == 2 and best["best_known_acc"] == 2 / 4
