@@ -1,4 +1,5 @@
-"""Sessions: ``nox -s tests`` (default), ``benchmark``, ``fliprate``, ``site``, ``perf``, ``lint``.
+"""Sessions: ``nox -s tests`` (default), ``benchmark``, ``fashion``, ``cifar10``, ``fliprate``,
+``site``, ``perf``, ``lint``.
 
 Every session installs the project (and everything it needs) into its own virtualenv;
 virtualenvs are reused between runs (pass ``--reuse-venv=no`` for a fresh one).
@@ -47,6 +48,37 @@ def benchmark(session: nox.Session) -> None:
     """Train the zoo, run the default suite, then render the leaderboard into public/."""
     install(session)
     session.run("python", "-m", "bench", "run", "--suite", "mnist5k", *session.posargs)
+    session.run("python", "-m", "leaderboard", "--out", "public")
+
+
+def ensure_fashion_mnist(session: nox.Session) -> None:
+    """Fashion-MNIST ships offline as Debian's dataset-fashion-mnist package."""
+    if os.path.isdir("/usr/share/datasets/fashion-mnist") or "--data-root" in session.posargs:
+        return
+    if shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0:
+        session.run("apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                    "dataset-fashion-mnist", external=True,
+                    env={"DEBIAN_FRONTEND": "noninteractive"})
+    else:
+        session.warn("Fashion-MNIST not found: apt-get install dataset-fashion-mnist, or pass "
+                     "-- --data-root DIR with the four IDX files")
+
+
+@nox.session
+def fashion(session: nox.Session) -> None:
+    """Train the Fashion-MNIST zoo, run the fashion-mnist suite, render the site."""
+    install(session)
+    ensure_fashion_mnist(session)
+    session.run("python", "-m", "bench", "run", "--suite", "fashion-mnist", *session.posargs)
+    session.run("python", "-m", "leaderboard", "--out", "public")
+
+
+@nox.session
+def cifar10(session: nox.Session) -> None:
+    """The paper's CIFAR-10 suite (needs a GPU and the CIFAR-10 files under --data-root)."""
+    install(session)
+    session.run("python", "-m", "bench", "run", "--suite", "cifar10", "--device", "cuda",
+                *session.posargs)
     session.run("python", "-m", "leaderboard", "--out", "public")
 
 

@@ -46,6 +46,14 @@ def check_eps(eps: float, norm: str, dim: int | None = None) -> float:
     return value
 
 
+def check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
+    """Raise ValueError unless ``x`` is a batch of inputs in [0, 1] matching the labels ``y``."""
+    if x.ndim < 2 or len(x) != len(y):
+        raise ValueError(f"x must be a batch matching y: got {tuple(x.shape)} and {len(y)}")
+    if len(x) and (x.min() < 0 or x.max() > 1):
+        raise ValueError("inputs must lie in [0, 1]")
+
+
 @dataclass
 class AttackResult:
     """Candidate adversarial inputs plus what the attack wants recorded (β values, …)."""
@@ -70,10 +78,7 @@ class Attack(ABC):
     ) -> AttackResult:
         """Attack ``model`` (put in eval mode) at inputs ``x`` in [0, 1] with labels ``y``."""
         eps = check_eps(eps, self.norm, x[0].numel() if len(x) else None)
-        if x.ndim < 2 or len(x) != len(y):
-            raise ValueError(f"x must be a batch matching y: got {tuple(x.shape)} and {len(y)}")
-        if len(x) and (x.min() < 0 or x.max() > 1):
-            raise ValueError("inputs must lie in [0, 1]")
+        check_batch(x, y)
         model.eval()
         if len(x) == 0 or eps == 0:
             return AttackResult(x.clone())
@@ -110,3 +115,43 @@ def _plain(v: Any) -> Any:
     if hasattr(v, "config"):
         return v.config()
     return repr(v)
+
+
+class MinimumNormAttack(Attack):
+    """An attack that searches the smallest adversarial perturbation without looking at ε
+    (DeepFool) and is then restricted to the ε-ball.
+
+    Its search is the same at every ε, so the benchmark runs :meth:`search` once per model,
+    norm and test points and evaluates each ε with :meth:`restrict`; ``__call__`` does both.
+    """
+
+    @final
+    def search(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+               generator: torch.Generator | None = None) -> AttackResult:
+        """The ε-free half of ``__call__``: validated, unbounded :meth:`minimize`."""
+        check_batch(x, y)
+        model.eval()
+        if len(x) == 0:
+            return AttackResult(x.clone())
+        if generator is None:
+            generator = torch.Generator(device=x.device).manual_seed(0)
+        with torch.enable_grad():
+            result = self.minimize(model, x, y, generator=generator)
+        if result.x_adv.shape != x.shape:
+            raise RuntimeError(f"{type(self).__name__} returned shape {tuple(result.x_adv.shape)}"
+                               f" for inputs of shape {tuple(x.shape)}")
+        return result
+
+    @abstractmethod
+    def minimize(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                 generator: torch.Generator) -> AttackResult:
+        """Unbounded candidates (any perturbation size) for a validated, non-empty batch."""
+
+    @abstractmethod
+    def restrict(self, x: torch.Tensor, x_min: torch.Tensor, eps: float) -> torch.Tensor:
+        """The candidates ``x_min`` with their perturbations clipped to the ε-ball."""
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+            generator: torch.Generator) -> AttackResult:
+        found = self.minimize(model, x, y, generator=generator)
+        return AttackResult(self.restrict(x, found.x_adv, eps), found.info)

@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from attacks.base import NORMS, Attack, AttackResult, Norm
+from attacks.base import NORMS, Attack, AttackResult, MinimumNormAttack, Norm
 from attacks.registry import register_attack
 
 _AA_NORM = {"linf": "Linf", "l2": "L2"}
@@ -80,8 +80,12 @@ def _fb_model(model: nn.Module, device: torch.device) -> Any:
 # --------------------------------------------------------------------------- Foolbox
 
 
-class DeepFool(Attack):
-    """Foolbox's DeepFool (L∞ or L2) with Foolbox's defaults, clipped to the ε-ball."""
+class DeepFool(MinimumNormAttack):
+    """Foolbox's DeepFool (L∞ or L2) with Foolbox's defaults, clipped to the ε-ball.
+
+    DeepFool ignores ε while it searches (Foolbox passes it only as an early-stop hint, which
+    DeepFool does not use), so one search serves every ε; the clipping is Foolbox's own.
+    """
 
     def __init__(self, *, norm: Norm = "linf", steps: int = 50, candidates: int = 10,
                  overshoot: float = 0.02, loss: str = "logits") -> None:
@@ -91,16 +95,22 @@ class DeepFool(Attack):
         self.overshoot = overshoot
         self.loss = loss
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
-            generator: torch.Generator) -> AttackResult:
+    def minimize(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                 generator: torch.Generator) -> AttackResult:
         import foolbox as fb
 
         cls = fb.attacks.LinfDeepFoolAttack if self.norm == "linf" else fb.attacks.L2DeepFoolAttack
         attack = cls(steps=self.steps, candidates=self.candidates, overshoot=self.overshoot,
                      loss=self.loss)
         with isolated_rng(x.device):
-            _, clipped, _ = attack(_fb_model(model, x.device), x, y, epsilons=eps)
-        return AttackResult(clipped.detach())
+            raw, _, _ = attack(_fb_model(model, x.device), x, y, epsilons=None)
+        return AttackResult(raw.detach())
+
+    def restrict(self, x: torch.Tensor, x_min: torch.Tensor, eps: float) -> torch.Tensor:
+        import foolbox as fb
+
+        distance = fb.distances.linf if self.norm == "linf" else fb.distances.l2
+        return distance.clip_perturbation(x, x_min, eps)
 
 
 class StartingPointAttack(Attack):

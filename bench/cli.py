@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None,
                    help="folder with dataset files (default: $QBENCH_DATA or .cache/qbench/data)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--max-train-steps", type=int, default=None, metavar="N",
+                   help="smoke run: train models that are not cached for at most N optimizer "
+                   "steps (kept apart from the real weights; needs --results, so that such "
+                   "cells never reach the published records)")
 
     p = sub.add_parser("show", help="print a model's card (JSON; never trains)")
     p.add_argument("model")
@@ -122,7 +126,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.runner import build_grid, run_grid
     from bench.suites import DEFAULT_SUITE, get_suite
+    from zoo.errors import QBenchError
 
+    if args.max_train_steps is not None and args.results is None:
+        raise QBenchError("--max-train-steps trains smoke models: give --results DIR so that "
+                          "their cells stay out of the project's records")
+    if args.max_train_steps is not None and args.max_train_steps < 1:
+        raise QBenchError(f"--max-train-steps must be a positive step count, got "
+                          f"{args.max_train_steps}")
     custom = args.suite is None and args.models is not None
     suite = get_suite(args.suite or DEFAULT_SUITE)
     if custom:
@@ -142,7 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     summary = run_grid(grid, device=args.device, results_root=args.results, force=args.force,
                        retrain=args.retrain, progress=not args.no_progress,
-                       data_root=args.data_root)
+                       data_root=args.data_root, max_train_steps=args.max_train_steps)
     from results import cells_path
 
     print(f"suite {grid.suite}: {summary.ran} cells run, {summary.skipped} already recorded, "

@@ -30,10 +30,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from attacks import check_eps, create_attack, list_attacks
+from attacks.base import AttackResult, MinimumNormAttack
 from attacks.library import StartingPointAttack, nearest_training_starts
 from bench import provenance
 from bench.calibrate import calibrate, diagnostics
 from bench.instrument import CountingModel
+from bench.suites import LimitRules, limit_rules
 from bench.verify import verify
 from results import CellRecord, ModelRecord, append, cells_path, latest_cells, models_path
 from results.store import latest_models
@@ -73,8 +75,9 @@ def cell_key(*, model_sha256: str, attack_config: dict, norm: str, eps: float, n
 class Grid:
     """A concrete grid: resolved names, ε per norm, sample count, seed.
 
-    ``limits`` maps an attack name to the (ε values, n) it runs at when they differ from the
-    grid's: a suite runs its costliest attacks at fewer ε or on the first n test points only.
+    ``limits`` maps a model name to the attacks whose (ε values, n) differ from the grid's for
+    that model: a suite runs its costliest attacks, or its costliest models, at fewer ε or on
+    the first n test points only (an empty ε list: the attack does not run on that model).
     """
 
     suite: str
@@ -84,31 +87,32 @@ class Grid:
     eps: dict[str, list[float]]
     n: int
     seed: int = 0
-    limits: dict[str, tuple[list[float], int]] = field(default_factory=dict)
+    limits: dict[str, dict[str, tuple[list[float], int]]] = field(default_factory=dict)
 
-    def plan(self, attack: str) -> tuple[list[float], int]:
-        """The ε values and the sample count of one attack in this grid."""
-        return self.limits.get(attack, (self.eps.get(create_attack(attack).norm, []), self.n))
+    def plan(self, attack: str, model: str | None = None) -> tuple[list[float], int]:
+        """The ε values and the sample count of one attack on one model (default: the first)."""
+        limited = self.limits.get(model if model is not None else self.models[0], {})
+        return limited.get(attack, (self.eps.get(create_attack(attack).norm, []), self.n))
 
     def cells(self) -> list[tuple[str, str, float]]:
         """(model, attack, ε) triples in run order."""
         out = []
         for m in self.models:
             for a in run_order(self.attacks):
-                out.extend((m, a, e) for e in self.plan(a)[0])
+                out.extend((m, a, e) for e in self.plan(a, m)[0])
         return out
 
 
 def build_grid(*, suite: str, dataset: str, models: str, attacks: str,
                eps: dict[str, list[float]], n: int, seed: int = 0,
-               data_root: str | None = None, limits: dict | None = None) -> Grid:
+               data_root: str | None = None, limits: LimitRules | None = None) -> Grid:
     """Resolve patterns and check every input before anything is trained or attacked.
 
-    ``limits`` (attack pattern → :class:`bench.suites.Limit`) defaults to the limits of the
-    registered suite named ``suite``, if any. A suite's limits apply only where the grid uses
-    the suite's own values: the ε limits of a norm when ``eps`` of that norm equals the
-    suite's, the n limits when ``n`` equals the suite's. A grid that overrides ε or n (``--eps``,
-    ``--n``) runs every attack at exactly the values given.
+    ``limits`` (attack pattern → :class:`bench.suites.Limit`, or a sequence of such pairs)
+    defaults to the limits of the registered suite named ``suite``, if any. A suite's limits
+    apply only where the grid uses the suite's own values: the ε limits of a norm when ``eps``
+    of that norm equals the suite's, the n limits when ``n`` equals the suite's. A grid that
+    overrides ε or n (``--eps``, ``--n``) runs every attack at exactly the values given.
     """
     from bench.suites import SUITES
 
@@ -121,20 +125,30 @@ def build_grid(*, suite: str, dataset: str, models: str, attacks: str,
     checked, _ = check_inputs(dataset, attack_names, eps, n, data_root)
     base = SUITES.get(suite)
     if limits is None:
-        limits = base.limits if base is not None else {}
-    resolved = resolve_limits(attack_names, checked, n, limits,
-                              suite_eps=base.eps if base is not None else None,
-                              suite_n=base.n if base is not None else None)
+        limits = base.limits if base is not None else ()
+    resolved = {
+        m: r for m in model_names
+        if (r := resolve_limits(attack_names, checked, n, limits, model=m,
+                                suite_eps=base.eps if base is not None else None,
+                                suite_n=base.n if base is not None else None))
+    }
     return Grid(suite, dataset, model_names, attack_names, checked, n, seed, resolved)
 
 
-def resolve_limits(attack_names: list[str], eps: dict[str, list[float]], n: int, limits: dict,
-                   *, suite_eps: dict[str, list[float]] | None = None,
+def resolve_limits(attack_names: list[str], eps: dict[str, list[float]], n: int,
+                   limits: LimitRules, *, model: str | None = None,
+                   suite_eps: dict[str, list[float]] | None = None,
                    suite_n: int | None = None) -> dict[str, tuple[list[float], int]]:
-    """(ε values, n) per limited attack; the first matching pattern of ``limits`` wins."""
+    """(ε values, n) per limited attack of one model; the first matching rule wins.
+
+    A rule matches an attack by its pattern and a model by the limit's ``models`` patterns
+    (every model when it has none, or when ``model`` is None).
+    """
+    rules = limit_rules(limits)
     out: dict[str, tuple[list[float], int]] = {}
     for name in attack_names:
-        limit = next((lim for pat, lim in limits.items() if fnmatch.fnmatchcase(name, pat)),
+        limit = next((lim for pat, lim in rules
+                      if fnmatch.fnmatchcase(name, pat) and (model is None or lim.covers(model))),
                      None)
         if limit is None:
             continue
@@ -264,7 +278,7 @@ def _sync(device: str) -> None:
 def attack_cell(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean_correct: torch.Tensor, *,
     attack_name: str, eps: float, seed: int, device: str, batch_size: int = 1000,
-    pool: StartPool | None = None,
+    pool: StartPool | None = None, searches: dict | None = None,
 ) -> dict:
     """Run one attack at one ε on the correctly classified points and verify the candidates.
 
@@ -282,6 +296,7 @@ def attack_cell(
     out: dict = {"attack_config": attack.config(), "norm": attack.norm,
                  "n_attacked": len(idx), "rejected": 0, "info": {}}
     seconds = 0.0
+    passes = {"forwards": 0, "backwards": 0}
     try:
         with torch.random.fork_rng(devices=[torch.device(device)] if device != "cpu" else []), \
                 frozen_parameters(model):
@@ -299,11 +314,24 @@ def attack_cell(
                         starts, valid, counts = pool.starts(model, b, x[b], y[b], attack.norm)
                     attack.set_starts(starts, valid)
                     _merge_info(out["info"], counts, 0)
-                _sync(device)
-                t0 = time.perf_counter()
-                result = attack(counted, x[b], y[b], eps=eps, generator=gen)
-                _sync(device)
-                seconds += time.perf_counter() - t0
+                if isinstance(attack, MinimumNormAttack) and searches is not None:
+                    if start not in searches:  # the first ε of this attack: search once
+                        searches[start] = _timed_search(attack, counted, x[b], y[b], gen, device)
+                    found, shared = searches[start]
+                    result = AttackResult(attack.restrict(x[b], found.x_adv, eps), found.info)
+                    seconds += shared["seconds"]
+                    passes["forwards"] += shared["forwards"]
+                    passes["backwards"] += shared["backwards"]
+                    out["info"]["search_shared_across_eps"] = True
+                else:
+                    before = counted.forwards, counted.backwards
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    result = attack(counted, x[b], y[b], eps=eps, generator=gen)
+                    _sync(device)
+                    seconds += time.perf_counter() - t0
+                    passes["forwards"] += counted.forwards - before[0]
+                    passes["backwards"] += counted.backwards - before[1]
                 verdict = verify(model, x[b], y[b], result.x_adv, eps=eps, norm=attack.norm)
                 robust[b] = ~verdict.success
                 out["rejected"] += verdict.rejected
@@ -320,10 +348,24 @@ def attack_cell(
         clean_correct=[int(v) for v in clean_correct.tolist()],
         seconds=round(seconds, 6),
         seconds_per_sample=seconds / n_att,
-        forwards_per_sample=counted.forwards / n_att,
-        backwards_per_sample=counted.backwards / n_att,
+        forwards_per_sample=passes["forwards"] / n_att,
+        backwards_per_sample=passes["backwards"] / n_att,
     )
     return out
+
+
+def _timed_search(attack: MinimumNormAttack, counted: CountingModel, x: torch.Tensor,
+                  y: torch.Tensor, gen: torch.Generator, device: str
+                  ) -> tuple[AttackResult, dict[str, float]]:
+    """One ε-free search with its wall time and pass counts (shared by the cells it serves)."""
+    before = counted.forwards, counted.backwards
+    _sync(device)
+    t0 = time.perf_counter()
+    found = attack.search(counted, x, y, generator=gen)
+    _sync(device)
+    return found, {"seconds": time.perf_counter() - t0,
+                   "forwards": counted.forwards - before[0],
+                   "backwards": counted.backwards - before[1]}
 
 
 def _merge_info(acc: dict, info: dict, weight: int) -> None:
@@ -370,6 +412,7 @@ def evaluate_cells(
                               f"grid's {n}")
         inputs_sha = tensor_sha256(*dataset.test_subset(n_a))
         clean_acc = int(clean_correct[:n_a].sum()) / n_a
+        searches: dict = {}  # a minimum-norm attack searches once for all its ε
         for e in eps_a:
             key = cell_key(model_sha256=model_sha256, attack_config=attack.config(),
                            norm=attack.norm, eps=e, n=n_a, inputs_sha256=inputs_sha, seed=seed)
@@ -385,7 +428,7 @@ def evaluate_cells(
             measured = attack_cell(model, x[:n_a], y[:n_a], clean_correct[:n_a],
                                    attack_name=attack_name, eps=e,
                                    seed=cell_seed(seed, model_name, attack_name, e),
-                                   device=device, pool=pool)
+                                   device=device, pool=pool, searches=searches)
             measured["info"].pop("_w", None)
             record = CellRecord(
                 key=key, suite=suite, dataset=dataset.name, model=model_name,
@@ -404,8 +447,13 @@ def evaluate_cells(
 def run_grid(
     grid: Grid, *, device: str = "auto", results_root: Path | None = None, force: bool = False,
     retrain: bool = False, progress: bool = True, data_root: str | None = None,
+    max_train_steps: int | None = None,
 ) -> RunSummary:
-    """Run a grid, appending each finished cell to ``<results_root>/<suite>.cells.jsonl``."""
+    """Run a grid, appending each finished cell to ``<results_root>/<suite>.cells.jsonl``.
+
+    ``max_train_steps`` caps the training of models not yet cached (a smoke run, see
+    :func:`zoo.get_model`).
+    """
     device = resolve_device(device)
     cpath, mpath = cells_path(grid.suite, results_root), models_path(grid.suite, results_root)
     known = latest_cells(grid.suite, results_root)
@@ -426,7 +474,7 @@ def run_grid(
     try:
         for name in grid.models:
             model, card = get_model(name, device=device, retrain=retrain, progress=progress,
-                                    data_root=data_root)
+                                    data_root=data_root, max_train_steps=max_train_steps)
             sha = card["weights_sha256"]
             calibrate(model, data, device)  # NJS β1 on the first 101 test images
             # consume the generator: records are appended one by one as cells finish
@@ -434,7 +482,7 @@ def run_grid(
                 model, model_name=name, model_sha256=sha, suite=grid.suite, dataset=data,
                 attacks=grid.attacks, eps=grid.eps, n=grid.n, seed=grid.seed, device=device,
                 known=known, force=force, on_record=record, on_skip=skip, progress=bar,
-                limits=grid.limits,
+                limits=grid.limits.get(name, {}),
             ):
                 pass
             prev = known_models.get(name)

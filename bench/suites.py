@@ -39,6 +39,8 @@ over the largest n: a smaller cell contributes its breaks on its prefix
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from zoo.errors import UnknownNameError
@@ -62,10 +64,29 @@ MNIST_ATTACKS = (
 @dataclass(frozen=True)
 class Limit:
     """Where a costly attack runs in a suite: a subset of the suite's ε values per norm (None:
-    all of them; a norm not listed: all of its ε) and/or the first ``n`` test points."""
+    all of them; a norm not listed: all of its ε; an empty list: none) and/or the first ``n``
+    test points, on the models matching ``models`` (comma-separated wildcards; None: all)."""
 
     eps: dict[str, list[float]] | None = None
     n: int | None = None
+    models: str | None = None
+
+    def covers(self, model: str) -> bool:
+        """Whether this limit applies to ``model``."""
+        if self.models is None:
+            return True
+        return any(fnmatch.fnmatchcase(model, p.strip()) for p in self.models.split(","))
+
+
+#: Limits of a suite: attack pattern → Limit, or (attack pattern, Limit) pairs when one
+#: pattern needs several model-scoped limits. The first rule matching both the attack and the
+#: model applies.
+LimitRules = Mapping[str, Limit] | Sequence[tuple[str, Limit]]
+
+
+def limit_rules(limits: LimitRules) -> list[tuple[str, Limit]]:
+    """The (attack pattern, Limit) rules of ``limits`` in order."""
+    return list(limits.items()) if isinstance(limits, Mapping) else list(limits)
 
 
 #: The limits of the default MNIST suite (see the module docstring for the timings).
@@ -73,6 +94,36 @@ MNIST_LIMITS = {
     "square": Limit(eps={"linf": [0.1, 0.3]}),
     "autoattack": Limit(eps={"linf": [0.1]}, n=200),
     "bba-*": Limit(eps={"linf": [0.1], "l2": [1.5]}, n=100),
+}
+
+
+#: Fashion-MNIST: the same threat models as MNIST, ε up to 0.2 (L∞) and 1.5 (L2): at 0.3 no
+#: model keeps any accuracy. Attacks whose cost does not depend on a seed restart or a
+#: query budget run everywhere; the gradient-free and ensemble attacks on a prefix.
+FASHION_EPS = {"linf": [0.05, 0.1, 0.2], "l2": [0.5, 1.0, 1.5]}
+FASHION_ATTACKS = (
+    "fgsm", "pgd-linf", "pgd-l2", "fgsm-njs", "fgsm-hns", "pgd-linf-njs", "pgd-linf-hns",
+    "pgd-l2-njs", "pgd-l2-hns", "pgd-linf-r5", "deepfool-*", "apgd-ce", "apgd-dlr", "square",
+)
+FASHION_LIMITS = (
+    ("square", Limit(eps={"linf": [0.1]}, n=200)),
+    ("pgd-linf-r5", Limit(eps={"linf": [0.1]})),
+)
+
+#: CIFAR-10 as in the paper (spec §2, Table 6): L∞ 8/255 (PGD step 2/255) and L2 120/255
+#: (step 15/255), 20 steps, one random start; the paper's 20-restart PGD is ``pgd-linf-r5``
+#: here (5 restarts), and its other attacks are APGD, Square, DeepFool and Brendel-Bethge.
+CIFAR_EPS = {"linf": [8 / 255], "l2": [120 / 255]}
+CIFAR_ATTACKS = (
+    "fgsm", "pgd-linf", "pgd-l2", "fgsm-njs", "fgsm-hns", "pgd-linf-njs", "pgd-linf-hns",
+    "pgd-l2-njs", "pgd-l2-hns", "fgsm-beta0.1", "pgd-linf-beta0.1", "pgd-linf-r5",
+    "apgd-ce", "apgd-dlr", "square", "autoattack", "deepfool-*", "bba-*",
+)
+CIFAR_LIMITS = {
+    "square": Limit(n=1000),
+    "autoattack": Limit(n=1000),
+    "deepfool-*": Limit(n=1000),
+    "bba-*": Limit(n=1000),
 }
 
 
@@ -85,11 +136,11 @@ class Suite:
     eps: dict[str, list[float]] = field(default_factory=dict)
     n: int = 1000
     description: str = ""
-    #: attack pattern → Limit; the first matching pattern applies
-    limits: dict[str, Limit] = field(default_factory=dict)
+    #: see :data:`LimitRules`; the first rule matching the attack and the model applies
+    limits: LimitRules = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for pattern, limit in self.limits.items():
+        for pattern, limit in limit_rules(self.limits):
             for norm, values in (limit.eps or {}).items():
                 extra = sorted(set(values) - set(self.eps.get(norm, [])))
                 if extra:
@@ -115,6 +166,21 @@ SUITES: dict[str, Suite] = {
             "mnist5k-full", "mnist5k", "mnist5k-mlp*", ",".join(MNIST_ATTACKS), MNIST_EPS, 1000,
             "the default suite without limits: every attack at every ε on all 1,000 points "
             "(hours on a CPU)",
+        ),
+        Suite(
+            "fashion-mnist", "fashion-mnist", "fashion-mnist-*", ",".join(FASHION_ATTACKS),
+            FASHION_EPS, 1000,
+            "Fashion-MNIST (Debian's dataset-fashion-mnist or --data-root): the MLPs and the "
+            "convnets with FGSM/PGD/PGD++, DeepFool and APGD on the first 1,000 test points, "
+            "Square at L∞ 0.1 on 200 points (tens of CPU minutes)",
+            limits=FASHION_LIMITS,
+        ),
+        Suite(
+            "cifar10", "cifar10", "cifar10-*", ",".join(CIFAR_ATTACKS), CIFAR_EPS, 10000,
+            "the paper's CIFAR-10 setting (Table 6): L∞ 8/255 and L2 120/255 on the whole test "
+            "set; Square, AutoAttack, DeepFool and Brendel-Bethge on the first 1,000 points "
+            "(needs a GPU and the CIFAR-10 files)",
+            limits=CIFAR_LIMITS,
         ),
         Suite(
             "digits", "digits", "digits-mlp5x100-*", "fgsm,pgd-linf,pgd-l2",

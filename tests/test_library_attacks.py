@@ -242,3 +242,30 @@ def test_out_of_ball_or_box_candidates_are_rejected(mode, norm, eps, batch, digi
         assert not verdict.in_ball.any() and float(distance(adv, x, norm).min()) > eps
     else:
         assert verdict.in_ball.all() and not verdict.in_box.any()
+
+
+@pytest.mark.parametrize("name", ["deepfool-linf", "deepfool-l2"])
+def test_deepfool_searches_once_for_all_eps_and_matches_single_eps_runs(name, digits,
+                                                                        digits_models):
+    model = digits_models["bnn-waq"]
+    eps = {"linf": [0.05, 0.1, 0.2], "l2": [0.5, 1.0, 2.0]}
+    rows = list(runner.evaluate_cells(
+        model, model_name="m", model_sha256="0" * 64, suite="t", dataset=digits,
+        attacks=[name], eps=eps, n=40, seed=0, device="cpu",
+    ))
+    norm = attacks.create_attack(name).norm
+    assert [r.eps for r in rows] == eps[norm]
+    assert all(r.status == "ok" and r.info["search_shared_across_eps"] for r in rows)
+    # one search: every cell reports the same (whole) search cost
+    assert len({(r.seconds, r.forwards_per_sample, r.backwards_per_sample) for r in rows}) == 1
+    assert rows[0].forwards_per_sample > 2
+    # ... and the same verdicts as running the attack separately at each ε
+    x, y = digits.test_subset(40)
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
+    for row, e in zip(rows, eps[norm], strict=True):
+        single = runner.attack_cell(model, x, y, clean, attack_name=name, eps=e, seed=0,
+                                    device="cpu")
+        assert single["robust"] == row.robust and "search_shared_across_eps" not in single["info"]
+    accs = [r.robust_acc for r in rows]
+    assert accs == sorted(accs, reverse=True) and accs[-1] < accs[0]

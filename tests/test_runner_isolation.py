@@ -94,6 +94,29 @@ def test_suite_limits_apply_to_the_suites_own_eps_and_n(monkeypatch):
         Suite("bad", "digits", "*", "square", eps, 50, limits={"square": Limit({"linf": [0.2]})})
 
 
+def test_model_scoped_limits_pick_the_first_rule_matching_model_and_attack(monkeypatch):
+    from bench import suites
+
+    eps = {"linf": [0.1, 0.3], "l2": [1.0]}
+    rules = (
+        ("square", Limit(eps={"linf": [0.3]}, n=10, models="*-bnn-*")),
+        ("square", Limit(eps={"linf": [0.1]})),
+        ("pgd-*", Limit(eps={"linf": [], "l2": []}, models="digits-mlp5x100-ref")),
+    )
+    suite = Suite("t-scope", "digits", "digits-mlp5x100-*", "fgsm,pgd-l2,square", eps, 50,
+                  limits=rules)
+    monkeypatch.setitem(suites.SUITES, suite.name, suite)
+    grid = bench.build_grid(suite="t-scope", dataset="digits", models=suite.models,
+                            attacks=suite.attacks, eps=eps, n=50)
+    ref, waq = "digits-mlp5x100-ref", "digits-mlp5x100-bnn-waq"
+    assert grid.plan("square", waq) == ([0.3], 10)
+    assert grid.plan("square", ref) == ([0.1], 50)
+    assert grid.plan("pgd-l2", ref) == ([], 50) and grid.plan("pgd-l2", waq) == ([1.0], 50)
+    assert grid.plan("fgsm", ref) == ([0.1, 0.3], 50)
+    per_model = {m: sum(c[0] == m for c in grid.cells()) for m in grid.models}
+    assert per_model[ref] == 2 + 0 + 1 and per_model[waq] == 2 + 1 + 1
+
+
 def test_limited_cells_run_on_a_prefix_and_combine(tmp_path, monkeypatch, digits_models):
     from bench import suites
 

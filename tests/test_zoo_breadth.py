@@ -323,3 +323,47 @@ def test_mixed_precision_is_refused_for_sign_activations():
     data = _random_dataset((1, 8, 8))
     with pytest.raises(ValueError, match="sign activations"):
         train_model(model, data, Recipe(amp="bf16", max_steps=1), progress=False)
+
+
+def test_cifar10_suite_runs_on_cpu_with_a_tiny_subset_and_one_training_step(tmp_path,
+                                                                            monkeypatch):
+    """The paper's CIFAR-10 suite end to end without a GPU: the suite's ε (Table 6), a
+    registered BNN-WAQ ResNet-18 trained by its real recipe for one step, 20 test points."""
+    import json
+
+    from bench import cli
+    from bench.suites import get_suite
+    from zoo.errors import match_names
+
+    monkeypatch.setenv("QBENCH_CACHE", str(tmp_path / "cache"))
+    _write_fake_cifar10(tmp_path / "data", per_batch=20)
+    suite = get_suite("cifar10")
+    assert suite.eps == {"linf": [8 / 255], "l2": [120 / 255]} and suite.n == 10000
+    cheap = ("fgsm,fgsm-njs,fgsm-hns,pgd-linf,pgd-linf-njs,pgd-linf-hns,pgd-l2,pgd-l2-njs,"
+             "pgd-l2-hns,apgd-dlr,deepfool-linf")
+    assert set(cheap.split(",")) <= set(match_names(suite.attacks, sorted(cheap.split(",")) + [
+        "square", "autoattack", "bba-linf", "bba-l2", "deepfool-l2", "apgd-ce",
+        "fgsm-beta0.1", "pgd-linf-beta0.1", "pgd-linf-r5"], "attack"))
+    args = ["run", "--suite", "cifar10", "--models", "cifar10-resnet18-bnn-waq",
+            "--attacks", cheap, "--n", "20", "--data-root", str(tmp_path / "data"),
+            "--device", "cpu", "--max-train-steps", "1", "--no-progress"]
+    assert cli.main(args) == 2  # a smoke run must name its own records folder
+    with pytest.warns(UserWarning, match="differ from the official CIFAR-10"):
+        assert cli.main([*args, "--results", str(tmp_path / "rec")]) == 0
+    cells = [json.loads(line) for line in (tmp_path / "rec" / "cifar10.cells.jsonl").open()]
+    assert sorted(c["attack"] for c in cells) == sorted(cheap.split(","))
+    assert all(c["status"] == "ok" and c["n"] == 20 for c in cells)
+    assert {c["eps"] for c in cells} == {8 / 255, 120 / 255}
+    pgd = next(c for c in cells if c["attack"] == "pgd-linf")
+    assert pgd["attack_config"]["steps"] == 20 and pgd["forwards_per_sample"] in (0, 21)
+    assert pgd["attack_config"]["rel_step"] * 8 / 255 == pytest.approx(2 / 255)
+    (model,) = [json.loads(line) for line in (tmp_path / "rec" / "cifar10.models.jsonl").open()]
+    card = model["card"]
+    assert card["smoke_max_train_steps"] == 1 and card["train_steps"] == 1
+    assert card["recipe_id"] != model_spec("cifar10-resnet18-bnn-waq").recipe_id
+    assert {c["model_sha256"] for c in cells} == {card["weights_sha256"]}
+    # the smoke weights live apart from the real ones, which stay untrained
+    weights = tmp_path / "cache" / "weights"
+    assert (weights / "cifar10-resnet18-bnn-waq.smoke-1.json").exists()
+    assert not (weights / "cifar10-resnet18-bnn-waq.json").exists()
+    assert model_card("cifar10-resnet18-bnn-waq")["trained"] is False

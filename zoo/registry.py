@@ -11,7 +11,7 @@ import fnmatch
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -134,26 +134,42 @@ def model_card(name: str) -> dict:
 
 def get_model(
     name: str, *, device: str = "cpu", retrain: bool = False, progress: bool = True,
-    data_root: str | None = None,
+    data_root: str | None = None, max_train_steps: int | None = None,
 ) -> tuple[nn.Module, dict]:
     """The trained model in eval mode on ``device`` and its card.
 
     Trains (and caches) the model when it was never trained here, or when its recipe changed.
     A cached file that fails its sha256 check raises CorruptWeightsError unless ``retrain``.
+
+    ``max_train_steps`` caps training at that many optimizer steps: a smoke run of the real
+    recipe on a machine too small for it. Such weights are cached apart from the real ones
+    (``NAME.smoke-N``) and their card says ``"smoke_max_train_steps": N``.
     """
     spec = model_spec(name)
+    recipe, recipe_id, key = spec.recipe, spec.recipe_id, name
+    if max_train_steps is not None:
+        if max_train_steps < 1:
+            raise ValueError(f"max_train_steps must be a positive step count, got "
+                             f"{max_train_steps}")
+        recipe = replace(spec.recipe, max_steps=max_train_steps)
+        recipe_id = recipe.recipe_id(spec.arch + "/" + spec.quant)
+        key = f"{name}.smoke-{max_train_steps}"
     with torch.random.fork_rng():  # seeded initialisation, global RNG left untouched
-        torch.manual_seed(spec.recipe.seed)
+        torch.manual_seed(recipe.seed)
         model = spec.factory()
-    card = None if retrain else read_card(name)
-    if card is not None and card.get("recipe_id") == spec.recipe_id:
-        model.load_state_dict(load_weights(name, card))
+    card = None if retrain else read_card(key)
+    if card is not None and card.get("recipe_id") == recipe_id:
+        model.load_state_dict(load_weights(key, card))
     else:
         data = load_dataset(spec.dataset, data_root)
-        summary = train_model(model, data, spec.recipe, device=device, progress=progress,
+        summary = train_model(model, data, recipe, device=device, progress=progress,
                               desc=f"train {name}")
-        card = save_weights(name, model.state_dict(), {
+        smoke = {} if max_train_steps is None else {
+            "recipe": asdict(recipe), "recipe_id": recipe_id,
+            "smoke_max_train_steps": max_train_steps}
+        card = save_weights(key, model.state_dict(), {
             **_static_card(spec, model),
+            **smoke,
             "trained_on": device,
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "torch": torch.__version__,
@@ -161,11 +177,10 @@ def get_model(
             **summary,
         })
         # Reload from disk so that a model is only ever used through verified weights.
-        model.load_state_dict(load_weights(name, card))
+        model.load_state_dict(load_weights(key, card))
     # Cards written before a field existed are completed from the registration.
     card = {**_static_card(spec, model), **card}
     return model.to(device).eval(), card
-
 
 __all__ = ["CorruptWeightsError", "ModelSpec", "get_model", "list_models", "model_card",
            "model_spec", "register_model"]
