@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+import attacks
 import bench
 import results
 from bench import runner
@@ -192,3 +193,21 @@ def test_best_known_ignores_cells_of_older_weights_of_the_same_model():
     newer = _cell("c", [1, 1, 0, 1], clean, created="2026-03-01T00:00:00Z")
     best = results.best_known(pd.DataFrame([to_dict(c) for c in (new, old, newer)])).iloc[0]
     assert best["attacks"] == 2 and best["best_known_acc"] == 2 / 4
+
+
+def test_default_suite_runs_every_attack_on_every_model_at_the_headline_eps():
+    from bench.suites import DEFAULT_SUITE, get_suite
+
+    suite = get_suite(DEFAULT_SUITE)
+    grid = bench.build_grid(suite=suite.name, dataset=suite.dataset, models=suite.models,
+                            attacks=suite.attacks, eps=suite.eps, n=suite.n)
+    assert any("convnet" in m for m in grid.models) and any(m.endswith("-at") for m in grid.models)
+    assert {"deepfool-linf", "deepfool-l2", "bba-linf", "bba-l2", "apgd-ce", "apgd-dlr",
+            "square", "autoattack", "pgd-linf-njs", "pgd-linf-hns"} <= set(grid.attacks)
+    headline = {"linf": 0.1, "l2": 1.5}
+    for model in grid.models:
+        for attack in grid.attacks:
+            values, n = grid.plan(attack, model)
+            norm = attacks.create_attack(attack).norm
+            assert headline[norm] in values, (model, attack)
+            assert 100 <= n <= suite.n
