@@ -16,6 +16,7 @@ examples:
   python -m bench run                        # the default suite (mnist5k)
   python -m bench run --models 'mnist5k-mlp5x100-*' --attacks pgd-linf --eps 0.1 8/255
   python -m bench run --suite mnist5k --attacks 'pgd-*' --eps linf=0.1,0.3 l2=1.5 --n 200
+  python -m bench board --norm l2 --eps 1.5          # one leaderboard as a Markdown table
   python -m bench show mnist5k-mlp5x100-bnn-waq
 
 ε is in input units (inputs live in [0, 1]); fractions such as 8/255 are accepted.
@@ -86,6 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="smoke run: train models that are not cached for at most N optimizer "
                    "steps (kept apart from the real weights; needs --results, so that such "
                    "cells never reach the published records)")
+
+    p = sub.add_parser(
+        "board", help="print one leaderboard of the records as a Markdown table",
+        description="Robust accuracy (%) of every model of a suite under every attack at one "
+        "threat model, the best-known accuracy (per-sample minimum over the attacks), the "
+        "single best attack and its cost (ms and forward/backward passes per attacked "
+        "sample). --costs prints the cost of each attack instead.")
+    p.add_argument("--suite", default=None, help="suite (default: mnist5k)")
+    p.add_argument("--norm", default="linf", choices=["linf", "l2"], help="default: linf")
+    p.add_argument("--eps", default=None, help="ε of the board (default: 0.1 for linf, 1.5 "
+                   "for l2); fractions such as 8/255 are accepted")
+    p.add_argument("--attacks", default=None,
+                   help="attack columns to show (wildcards, comma-separated; default: all; "
+                   "the best-known value always combines every attack)")
+    p.add_argument("--costs", action="store_true", help="per-attack cost table instead")
+    p.add_argument("--results", type=Path, default=None,
+                   help="records folder (default: results/records of the project)")
 
     p = sub.add_parser("show", help="print a model's card (JSON; never trains)")
     p.add_argument("model")
@@ -165,6 +183,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_board(args: argparse.Namespace) -> int:
+    from bench.suites import DEFAULT_SUITE
+    from results import load
+    from results.tables import attack_costs, board, to_markdown
+    from zoo.errors import QBenchError
+
+    suite = args.suite or DEFAULT_SUITE
+    cells = load(suite, root=args.results)
+    if cells.empty:
+        raise QBenchError(f"no records for suite {suite!r} (run `python -m bench run --suite "
+                          f"{suite}` first, or give --results DIR)")
+    if args.costs:
+        print(to_markdown(attack_costs(cells)))
+        return 0
+    eps_tokens = [f"{args.norm}={args.eps or ('0.1' if args.norm == 'linf' else '1.5')}"]
+    ((norm, (eps,)),) = parse_eps(eps_tokens).items()
+    table = board(cells, norm, eps)
+    if table.empty:
+        have = sorted({(r.norm, float(r.eps)) for r in cells.itertuples()})
+        raise QBenchError(f"suite {suite!r} has no cells at {norm} ε={eps:g}; recorded: "
+                          + ", ".join(f"{n} {e:g}" for n, e in have))
+    if args.attacks:
+        import fnmatch
+
+        pats = [a.strip() for a in args.attacks.split(",") if a.strip()]
+        meta = {"n", "clean", "best_known", "best_attack", "best_ms", "best_passes"}
+        table = table[[c for c in table.columns if c in meta
+                       or any(fnmatch.fnmatchcase(c, p) for p in pats)]]
+    pct = tuple(c for c in table.columns
+                if c not in ("n", "best_attack", "best_ms", "best_passes"))
+    print(f"suite {suite}, {norm} ε={eps:g}: robust accuracy (%), best attack cost in ms and "
+          f"forward/backward passes per attacked sample")
+    print(to_markdown(table, percent=pct))
+    return 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from zoo.registry import model_card
 
@@ -190,7 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from zoo.errors import QBenchError
 
     args = build_parser().parse_args(argv)
-    handler = {"list": cmd_list, "run": cmd_run, "show": cmd_show, "train": cmd_train}
+    handler = {"list": cmd_list, "run": cmd_run, "board": cmd_board, "show": cmd_show,
+               "train": cmd_train}
     try:
         return handler[args.command](args)
     except QBenchError as exc:
@@ -202,6 +257,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: every finished cell is already recorded", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

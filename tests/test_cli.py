@@ -73,3 +73,32 @@ def test_help_explains():
                          text=True, check=True).stdout
     for word in ("--models", "--attacks", "--eps", "8/255", "--force", "--device", "--seed"):
         assert word in out
+
+
+def test_board_prints_the_recorded_numbers_and_best_known(tmp_path, capsys, digits_models):
+    rec = str(tmp_path)
+    assert main(["run", "--suite", "digits", "--models", "digits-mlp5x100-*", "--attacks",
+                 "fgsm,pgd-linf", "--eps", "linf=0.1", "--n", "60", "--results", rec,
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["board", "--suite", "digits", "--results", rec]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = [c.strip() for c in lines[1].strip("|").split("|")]
+    assert header[:5] == ["model", "n", "clean", "fgsm", "pgd-linf"]
+    rows = {r[0]: dict(zip(header, r, strict=True)) for r in (
+        [c.strip() for c in line.strip("|").split("|")] for line in lines[3:])}
+    assert set(rows) == {f"digits-mlp5x100-{q}" for q in ("ref", "bnn-wq", "bnn-waq")}
+    cells = results.load("digits", root=tmp_path)
+    best = results.best_known(cells).set_index("model")
+    for model, row in rows.items():
+        mine = cells[(cells["model"] == model)].set_index("attack")["robust_acc"]
+        assert row["fgsm"] == f"{100 * mine['fgsm']:.1f}"
+        assert row["pgd-linf"] == f"{100 * mine['pgd-linf']:.1f}"
+        assert row["best_known"] == f"{100 * best.loc[model, 'best_known_acc']:.1f}"
+        assert float(row["best_known"]) <= min(float(row["fgsm"]), float(row["pgd-linf"]))
+    ranked = [float(rows[m]["best_known"]) for m in rows]
+    assert ranked == sorted(ranked, reverse=True)  # most robust first
+    assert main(["board", "--suite", "digits", "--results", rec, "--costs"]) == 0
+    assert "| pgd-linf | 3 |" in capsys.readouterr().out
+    assert main(["board", "--suite", "digits", "--results", rec, "--norm", "l2"]) == 2
+    assert "no cells at l2" in capsys.readouterr().err

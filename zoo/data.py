@@ -277,7 +277,7 @@ def _mnist(root: Path) -> Dataset:
 @register_dataset(
     "fashion-mnist",
     description="Fashion-MNIST (60k/10k): from Debian's dataset-fashion-mnist package "
-    "(/usr/share/dataset-fashion-mnist), --data-root, or a torchvision download",
+    "(/usr/share/datasets/fashion-mnist), --data-root, or a torchvision download",
     input_shape=(1, 28, 28),
     embedded=False,
 )

@@ -1,0 +1,84 @@
+"""Plain-text views of the records: one board (models × attacks at one threat model) and the
+cost of each attack, as DataFrames and as Markdown (``python -m bench board``)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from results.bestknown import _current_weights, best_known
+
+
+def _at(cells: pd.DataFrame, norm: str, eps: float) -> pd.DataFrame:
+    ok = cells[(cells["norm"] == norm) & ((cells["eps"] - eps).abs() < 1e-9)]
+    return _current_weights(ok)
+
+
+def board(cells: pd.DataFrame, norm: str, eps: float) -> pd.DataFrame:
+    """One row per model at (norm, ε): clean and robust accuracy per attack (fractions; NaN
+    where the attack did not run or failed), best-known accuracy, the single best attack, and
+    that attack's cost (ms and forward / backward passes per attacked sample).
+
+    Rows are ranked by best-known accuracy, most robust first.
+    """
+    here = _at(cells, norm, eps)
+    if here.empty:
+        return pd.DataFrame()
+    ok = here[here["status"] == "ok"]
+    acc = ok.pivot_table(index="model", columns="attack", values="robust_acc", aggfunc="last")
+    best = best_known(here).set_index("model")
+    out = pd.DataFrame(index=sorted(here["model"].unique()))
+    out["n"] = best["n"]
+    out["clean"] = best["clean_acc"]
+    out = out.join(acc)
+    out["best_known"] = best["best_known_acc"]
+    out["best_attack"] = best["best_attack"]
+    cost = ok.set_index(["model", "attack"])
+    out["best_ms"] = [
+        1000 * float(cost.loc[(m, a), "seconds_per_sample"]) if isinstance(a, str) else math.nan
+        for m, a in zip(out.index, out["best_attack"], strict=True)]
+    out["best_passes"] = [
+        f"{cost.loc[(m, a), 'forwards_per_sample']:.0f}/"
+        f"{cost.loc[(m, a), 'backwards_per_sample']:.0f}" if isinstance(a, str) else ""
+        for m, a in zip(out.index, out["best_attack"], strict=True)]
+    out.index.name = "model"
+    return out.sort_values(["best_known", "clean"], ascending=False)
+
+
+def attack_costs(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per attack over the ok cells: how many, and the median / max ms, forward and backward
+    passes per attacked sample."""
+    ok = _current_weights(cells[cells["status"] == "ok"])
+    if ok.empty:
+        return pd.DataFrame()
+    ms = ok.assign(ms=1000 * ok["seconds_per_sample"])
+    return ms.groupby("attack").agg(
+        cells=("ms", "size"), ms_median=("ms", "median"), ms_max=("ms", "max"),
+        forwards_median=("forwards_per_sample", "median"),
+        backwards_median=("backwards_per_sample", "median"),
+    ).sort_values("ms_median")
+
+
+def to_markdown(df: pd.DataFrame, *, percent: tuple[str, ...] = (), digits: int = 1) -> str:
+    """A GitHub Markdown table. Columns in ``percent`` are fractions printed as percentages
+    with ``digits`` decimals; other numbers get two decimals below 100; NaN prints as "—"."""
+    if df.empty:
+        return "(no cells)"
+    frame = df.reset_index()
+
+    def cell(col: str, v: object) -> str:
+        if isinstance(v, float):
+            if math.isnan(v):
+                return "—"
+            if col in percent:
+                return f"{100 * v:.{digits}f}"
+            return f"{v:.2f}" if abs(v) < 100 else f"{v:.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(str(c) for c in frame.columns) + " |",
+             "|" + "---|" * len(frame.columns)]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(cell(c, v) for c, v in zip(frame.columns, row,
+                                                                    strict=True)) + " |")
+    return "\n".join(lines)
