@@ -67,6 +67,11 @@ def logits_and_jacobian(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
             (g,) = torch.autograd.grad(out, xg, grad_outputs=eye[:, None].expand(d, b, d),
                                        is_grads_batched=True)
             jac = g.reshape(d, b, -1).transpose(0, 1)
+            # a vmapped backward is d backward passes, but a pass counter's output hook fires
+            # once: tell an instrumented model (bench.instrument.CountingModel) the rest
+            count = getattr(model, "count_backwards", None)
+            if callable(count):
+                count((d - 1) * b)
         except (RuntimeError, NotImplementedError):  # no batching rule: d backward passes
             xg = x.detach().requires_grad_(True)
             out = model(xg)

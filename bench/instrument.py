@@ -2,7 +2,8 @@
 
 Every attack (ours and the libraries') is run through it, so query costs are measured the
 same way for all of them. A backward pass is counted when a gradient flows back through the
-model's output.
+model's output. Autograd calls that hook once for a vmapped backward over d cotangents (a
+batched Jacobian), so such code reports the other d - 1 passes with :meth:`count_backwards`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ class CountingModel(nn.Module):
     def reset(self) -> None:
         self.forwards = 0
         self.backwards = 0
+
+    def count_backwards(self, samples: int) -> None:
+        """Count backward passes the output hook cannot see (see the module docstring)."""
+        self.backwards += int(samples)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)
