@@ -42,7 +42,7 @@ def best_known(cells: pd.DataFrame) -> pd.DataFrame:
     """
     columns = [*KEYS, "n", "clean_acc", "best_known_acc", "best_attack", "best_attack_acc",
                "attacks", "broken_by", "unique_breaks"]
-    ok = _current_weights(cells[cells["status"] == "ok"]) if len(cells) else cells
+    ok = current_weights(cells[cells["status"] == "ok"]) if len(cells) else cells
     rows = []
     for key, group in ok.groupby(KEYS, sort=True):
         group = group.sort_values(["seconds_per_sample", "attack"])
@@ -80,7 +80,7 @@ def best_known(cells: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def _current_weights(cells: pd.DataFrame) -> pd.DataFrame:
+def current_weights(cells: pd.DataFrame) -> pd.DataFrame:
     """The cells of each model's most recent weights (by ``created``, then by row order)."""
     if "model_sha256" not in cells.columns or cells.empty:
         return cells

@@ -7,12 +7,12 @@ import math
 
 import pandas as pd
 
-from results.bestknown import _current_weights, best_known
+from results.bestknown import current_weights, best_known
 
 
 def _at(cells: pd.DataFrame, norm: str, eps: float) -> pd.DataFrame:
     ok = cells[(cells["norm"] == norm) & ((cells["eps"] - eps).abs() < 1e-9)]
-    return _current_weights(ok)
+    return current_weights(ok)
 
 
 def board(cells: pd.DataFrame, norm: str, eps: float) -> pd.DataFrame:
@@ -49,7 +49,7 @@ def board(cells: pd.DataFrame, norm: str, eps: float) -> pd.DataFrame:
 def attack_costs(cells: pd.DataFrame) -> pd.DataFrame:
     """Per attack over the ok cells: how many, and the median / max ms, forward and backward
     passes per attacked sample."""
-    ok = _current_weights(cells[cells["status"] == "ok"])
+    ok = current_weights(cells[cells["status"] == "ok"])
     if ok.empty:
         return pd.DataFrame()
     ms = ok.assign(ms=1000 * ok["seconds_per_sample"])
