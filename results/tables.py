@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from results.bestknown import current_weights, best_known
+from results.bestknown import best_known, current_weights
 
 
 def _at(cells: pd.DataFrame, norm: str, eps: float) -> pd.DataFrame:
