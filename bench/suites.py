@@ -2,38 +2,35 @@
 
 ε sweeps are per norm. MNIST-family settings are not in the paper (spec §2); ours are
 L∞ {0.05, 0.1, 0.2, 0.3} and L2 {0.5, 1.0, 1.5, 2.0} (inputs in [0, 1], 784 pixels).
+CIFAR-10 uses the paper's Table 6 (L∞ 8/255, L2 120/255).
 
-Costly attacks. A suite may run an attack at a subset of its ε values or on the first n test
-points only (:class:`Limit`), so that ``nox -s benchmark`` (train the zoo, run the default
-suite, render the site) stays within 30 minutes on a 2-core CPU. Measured process CPU seconds
-per cell (one torch thread, mnist5k 5x100 MLPs, n = 1,000 unless said otherwise; taken while
-the machine was shared, so on the high side):
+Costly attacks and models. A suite may run an attack at a subset of its ε values or on the
+first n test points only, optionally for some models only (:class:`Limit`), so that
+``nox -s benchmark`` (train the zoo, run the default suite, render the site) stays within 30
+minutes on a 2-core CPU. Measured on an otherwise idle 2-core machine, two torch threads,
+seconds of attack time per cell:
 
-* FGSM / PGD / PGD++: 0.03-0.3; DeepFool 0.8-6.6 (50 steps × 9 classes on the whole batch
-  until every point is fooled, so the cost does not depend on ε); APGD-CE/DLR 1.3-1.8.
-* Square (5,000 queries): 22-28 at L∞ 0.1 (a third to three quarters of the points survive
-  all 5,000 queries), 23 at 0.05, 0.5-2.6 at 0.3.
-* AutoAttack (standard): 108 at L∞ 0.1 on the adversarially trained MLP (74 % survive
-  APGD-CE, so APGD-T, FAB-T and Square run on them), 46 at 0.05 on the float MLP, 1.5 at 0.3;
-  21.5 at 0.1 on its first 200 points.
-* Brendel-Bethge (1,000 steps): about 0.5 (L∞) and 0.25 (L2) per point it really runs on;
-  points an earlier attack already broke inside the ball are kept as they are, so a cell costs
-  3-21 on the first 100 points. Compiling its numba solver (20-60 s, once per process) is
-  not counted.
+* mnist5k-mlp3x512-bnn-waq, n = 1,000 (the costliest MLP; 278 s for its 85 cells, 330 s of
+  wall time with training, calibration, diagnostics and numba compilation):
+  FGSM/PGD/PGD++ and their variants 0.1-3 (64 cells, 45 s); DeepFool 7-17 per ε before it
+  searched once per norm (99 s for 8 cells; it now costs one search per norm, about 25 s);
+  APGD-CE/DLR 3.6 (29 s for 8 cells); Square at L∞ 0.1 and 0.3: 62 s; AutoAttack at L∞ 0.1
+  on 200 points: 30 s; Brendel-Bethge at L∞ 0.1 / L2 1.5 on 100 points: 6 s each.
+* mnist5k convnets, n = 100 (a PGD step costs them about 20× an MLP's): FGSM 0.03-0.25,
+  PGD-20 0.4-0.8, DeepFool L2 2.4-7.2, APGD 1.8-2.7. On the adversarially trained convnet most
+  points survive, so the query budgets are spent in full: Square (5,000 queries) 48 s,
+  AutoAttack 100 s, Brendel-Bethge L2 20 s, nearly independent of n at this size.
 
-The whole default suite (with the limits below, and the ++ variants) took 92 s of wall time
-on mlp5x100-ref-at, 110 s on mlp5x100-bnn-waq and 305 s on mlp3x512-bnn-waq (two torch
-threads, otherwise idle machine, each including one numba compilation per norm), i.e. about
-19 minutes for the 8 MLPs, plus training and rendering. DeepFool is then the largest cost
-without a limit (92 of the 305 s); its cost does not depend on ε. The default suite runs
+The default suite therefore runs the MLPs on all 1,000 points at every ε except
 
-* Square at L∞ 0.1 and 0.3 only (all 1,000 points),
+* Square at L∞ 0.1 and 0.3 only,
 * AutoAttack at L∞ 0.1 only, on the first 200 test points,
 * Brendel-Bethge at L∞ 0.1 and L2 1.5 only, on the first 100 test points,
 
-and everything else at every ε on all 1,000 points. ``mnist5k-full`` runs every attack at
-every ε on all 1,000 points (hours on a CPU). Best-known accuracy combines cells of different n
-over the largest n: a smaller cell contributes its breaks on its prefix
+and the convnets on the first 200 points at L∞ 0.1, 0.3 and L2 1.5, with Square and AutoAttack
+at L∞ 0.1 and Brendel-Bethge at L∞ 0.1 / L2 1.5 on the first 100. ``mnist5k-full`` runs every
+attack at every ε on all 1,000 points (hours on a CPU). Best-known accuracy combines cells of
+different n over the largest n: a smaller cell contributes its breaks on its prefix
 (see :mod:`results.bestknown`).
 """
 
@@ -96,13 +93,13 @@ MNIST_CONVNETS = "mnist5k-convnet-*"
 #: first rule matching the model and the attack applies.
 MNIST_LIMITS = (
     # convnets: every attack on the first 200 points at L∞ 0.1, 0.3 and L2 1.5; the
-    # query-hungry ones (5,000 queries whatever n is) on 100 points at one ε
-    ("square", Limit(eps={"linf": [0.1]}, n=100, models=MNIST_CONVNETS)),
-    ("autoattack", Limit(eps={"linf": [0.1]}, n=100, models=MNIST_CONVNETS)),
-    ("bba-*", Limit(eps={"linf": [0.1], "l2": [1.5]}, n=100, models=MNIST_CONVNETS)),
+    # query-hungry ones (their budgets are spent in full on robust points) on 50 points
+    ("square", Limit(eps={"linf": [0.1]}, n=50, models=MNIST_CONVNETS)),
+    ("autoattack", Limit(eps={"linf": [0.1]}, n=50, models=MNIST_CONVNETS)),
+    ("bba-*", Limit(eps={"linf": [0.1], "l2": [1.5]}, n=50, models=MNIST_CONVNETS)),
     ("*", Limit(eps={"linf": [0.1, 0.3], "l2": [1.5]}, n=200, models=MNIST_CONVNETS)),
     # MLPs: everything on all 1,000 points at every ε except
-    ("square", Limit(eps={"linf": [0.1, 0.3]})),
+    ("square", Limit(eps={"linf": [0.1, 0.3]}, n=500)),
     ("autoattack", Limit(eps={"linf": [0.1]}, n=200)),
     ("bba-*", Limit(eps={"linf": [0.1], "l2": [1.5]}, n=100)),
 )

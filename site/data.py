@@ -347,11 +347,12 @@ def boards(rec: Records) -> list[dict]:
     bk = {(r.suite, r.model, r.norm, r.eps): r for r in rec.best.itertuples()}
     for (suite, norm, eps), group in cells.groupby(["suite", "norm", "eps"], sort=True):
         attacks = attack_order(sorted(group["attack"].unique()), kinds)
-        suite_models = set(group["model"]) | set(
-            rec.models.loc[rec.models["suite"] == suite, "model"])
+        # a suite may run some models at fewer ε (suite limits): those are listed, not ranked
+        not_run = sorted(set(rec.models.loc[rec.models["suite"] == suite, "model"])
+                         - set(group["model"]))
         n = int(group["n"].mode().iloc[0])
         rows = []
-        for model in sorted(suite_models):
+        for model in sorted(set(group["model"])):
             mg = group[group["model"] == model]
             by_attack = {r.attack: r for r in mg.itertuples()}
             b = bk.get((suite, model, norm, eps))
@@ -391,6 +392,7 @@ def boards(rec: Records) -> list[dict]:
                              and best < num(b.best_attack_acc) - 1e-12),
                 "unique": {k: v for k, v in (unique or {}).items() if v},
                 "cells": row_cells, "badges": badges, "n_cells": len(mg),
+                "n": int(b.n) if b is not None else int(mg["n"].max()),
             })
         rows.sort(key=lambda r: (r["best"] is None, -(r["best"] or 0), -(r["clean"] or 0),
                                  r["model"]))
@@ -403,7 +405,8 @@ def boards(rec: Records) -> list[dict]:
             "eps": float(eps), "label": threat_label(norm, eps), "eps_label": fmt_eps(eps),
             "norm_label": NORM_LABEL.get(norm, norm), "file": board_file(suite, norm, eps),
             "n": n, "attacks": [{"name": a, "kind": kinds[a]} for a in attacks],
-            "rows": rows, "n_errors": int((group["status"] == "error").sum()),
+            "rows": rows, "not_run": not_run,
+            "n_errors": int((group["status"] == "error").sum()),
             "flagged": sum(1 for r in rows if r["badges"]),
             "provenance": provenance(group),
         })

@@ -214,4 +214,4 @@ def test_default_suite_runs_every_attack_on_every_model_at_the_headline_eps():
             values, n = grid.plan(attack, model)
             norm = attacks.create_attack(attack).norm
             assert headline[norm] in values, (model, attack)
-            assert 100 <= n <= suite.n
+            assert 50 <= n <= suite.n

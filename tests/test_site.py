@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -135,6 +136,10 @@ def write_edge_records(root: Path) -> None:
     for attack, robust in [("pgd-linf", [1] + [0] * 9), ("pgd-linf-njs", [1] + [0] * 9),
                            ("square", [1, 1, 1] + [0] * 7)]:
         put(_cell(REFERENCE, attack, robust, clean=ones))
+    # L∞ 0.2: a suite limit ran the masked model on 5 points only and skipped the evil one
+    for attack in ("pgd-linf", "pgd-linf-njs"):
+        put(_cell(REFERENCE, attack, [0] * 10, clean=ones, eps=0.2))
+    put(_cell(MASKED, "pgd-linf", [1] * 5, clean=[1] * 5, eps=0.2))
     put(_cell(EVIL_MODEL, "pgd-linf", [1] * 5 + [0] * 5, clean=ones, rejected=2))
     put(_cell(EVIL_MODEL, EVIL_ATTACK, [0] * 10, clean=ones, status="error",
               error="RuntimeError: <b>boom</b>"))
@@ -226,12 +231,19 @@ def test_one_row_per_model_on_every_board(records, site):
     models = results.load_models(root=records)
     boards = 0
     for (suite, norm, eps), group in cells.groupby(["suite", "norm", "eps"]):
-        expected = set(group["model"]) | set(models.loc[models["suite"] == suite, "model"])
-        doc = parse(board_of(site, suite, norm, eps).read_text(encoding="utf-8"))
-        shown = [tr.attrs["data-model"] for tr in board_rows(doc)]
+        expected = set(group["model"])
+        html = board_of(site, suite, norm, eps).read_text(encoding="utf-8")
+        shown = [tr.attrs["data-model"] for tr in board_rows(parse(html))]
         assert sorted(shown) == sorted(expected), (suite, norm, eps)
+        # models of the suite without a cell here are named, not ranked
+        for m in set(models.loc[models["suite"] == suite, "model"]) - expected:
+            assert "Not run at this threat model" in html and escape(m) in html
         boards += 1
-    assert boards == 3 + 1  # digits: linf 0.1, 0.3, l2 1.0; edge: linf 0.1
+    assert boards == 3 + 2  # digits: linf 0.1, 0.3, l2 1.0; edge: linf 0.1, 0.2
+    limited = parse(board_of(site, "edge", "linf", 0.2).read_text(encoding="utf-8"))
+    notes = {tr.attrs["data-model"]: tr.text() for tr in board_rows(limited)}
+    assert set(notes) == {MASKED, REFERENCE}
+    assert "n=5" in notes[MASKED] and "n=" not in notes[REFERENCE]
     assert len(list(site.glob("board-*.html"))) == boards
 
 
