@@ -209,12 +209,15 @@ def cmd_board(args: argparse.Namespace) -> int:
 
         pats = [a.strip() for a in args.attacks.split(",") if a.strip()]
         meta = {"n", "clean", "best_known", "best_attack", "best_ms", "best_passes"}
-        table = table[[c for c in table.columns if c in meta
-                       or any(fnmatch.fnmatchcase(c, p) for p in pats)]]
+        kept = table[[c for c in table.columns if c in meta
+                      or any(fnmatch.fnmatchcase(c, p) for p in pats)]]
+        kept.attrs = table.attrs
+        table = kept
     pct = tuple(c for c in table.columns
                 if c not in ("n", "best_attack", "best_ms", "best_passes"))
-    print(f"suite {suite}, {norm} ε={eps:g}: robust accuracy (%), best attack cost in ms and "
-          f"forward/backward passes per attacked sample")
+    print(f"suite {suite}, {norm} ε={eps:g}: robust accuracy (%; [k]: on the first k test "
+          f"points only), best attack cost in ms and forward/backward passes per attacked "
+          f"sample")
     print(to_markdown(table, percent=pct))
     return 0
 

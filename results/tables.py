@@ -20,13 +20,15 @@ def board(cells: pd.DataFrame, norm: str, eps: float) -> pd.DataFrame:
     where the attack did not run or failed), best-known accuracy, the single best attack, and
     that attack's cost (ms and forward / backward passes per attacked sample).
 
-    Rows are ranked by best-known accuracy, most robust first.
+    Rows are ranked by best-known accuracy, most robust first. ``.attrs["n"]`` holds the test
+    points of each (model, attack) cell: a suite may run an attack on a prefix only.
     """
     here = _at(cells, norm, eps)
     if here.empty:
         return pd.DataFrame()
     ok = here[here["status"] == "ok"]
     acc = ok.pivot_table(index="model", columns="attack", values="robust_acc", aggfunc="last")
+    counts = ok.pivot_table(index="model", columns="attack", values="n", aggfunc="last")
     best = best_known(here).set_index("model")
     out = pd.DataFrame(index=sorted(here["model"].unique()))
     out["n"] = best["n"]
@@ -43,7 +45,9 @@ def board(cells: pd.DataFrame, norm: str, eps: float) -> pd.DataFrame:
         f"{cost.loc[(m, a), 'backwards_per_sample']:.0f}" if isinstance(a, str) else ""
         for m, a in zip(out.index, out["best_attack"], strict=True)]
     out.index.name = "model"
-    return out.sort_values(["best_known", "clean"], ascending=False)
+    out = out.sort_values(["best_known", "clean"], ascending=False)
+    out.attrs["n"] = counts
+    return out
 
 
 def attack_costs(cells: pd.DataFrame) -> pd.DataFrame:
@@ -62,23 +66,34 @@ def attack_costs(cells: pd.DataFrame) -> pd.DataFrame:
 
 def to_markdown(df: pd.DataFrame, *, percent: tuple[str, ...] = (), digits: int = 1) -> str:
     """A GitHub Markdown table. Columns in ``percent`` are fractions printed as percentages
-    with ``digits`` decimals; other numbers get two decimals below 100; NaN prints as "—"."""
+    with ``digits`` decimals; other numbers get two decimals below 100; NaN prints as "—".
+
+    With a ``"n"`` column and per-cell counts in ``df.attrs["n"]`` (see :func:`board`), a value
+    measured on fewer points than its row's ``n`` gets them in brackets: ``86.0 [50]``.
+    """
     if df.empty:
         return "(no cells)"
     frame = df.reset_index()
+    counts = df.attrs.get("n")
+    first = frame.columns[0]
 
-    def cell(col: str, v: object) -> str:
+    def cell(col: str, v: object, row: dict) -> str:
         if isinstance(v, float):
             if math.isnan(v):
                 return "—"
             if col in percent:
-                return f"{100 * v:.{digits}f}"
+                text = f"{100 * v:.{digits}f}"
+                if counts is not None and col in counts.columns and "n" in row:
+                    k = counts.at[row[first], col]
+                    if not math.isnan(k) and int(k) != int(row["n"]):
+                        text += f" [{int(k)}]"
+                return text
             return f"{v:.2f}" if abs(v) < 100 else f"{v:.0f}"
         return str(v)
 
     lines = ["| " + " | ".join(str(c) for c in frame.columns) + " |",
              "|" + "---|" * len(frame.columns)]
-    for row in frame.itertuples(index=False):
-        lines.append("| " + " | ".join(cell(c, v) for c, v in zip(frame.columns, row,
-                                                                    strict=True)) + " |")
+    for values in frame.itertuples(index=False):
+        row = dict(zip(frame.columns, values, strict=True))
+        lines.append("| " + " | ".join(cell(c, v, row) for c, v in row.items()) + " |")
     return "\n".join(lines)

@@ -102,3 +102,15 @@ def test_board_prints_the_recorded_numbers_and_best_known(tmp_path, capsys, digi
     assert "| pgd-linf | 3 |" in capsys.readouterr().out
     assert main(["board", "--suite", "digits", "--results", rec, "--norm", "l2"]) == 2
     assert "no cells at l2" in capsys.readouterr().err
+
+
+def test_markdown_marks_values_measured_on_a_prefix():
+    import pandas as pd
+
+    from results.tables import to_markdown
+
+    table = pd.DataFrame({"n": [200], "clean": [0.98], "square": [0.86], "pgd": [float("nan")]},
+                         index=pd.Index(["m"], name="model"))
+    table.attrs["n"] = pd.DataFrame({"square": [50.0], "pgd": [200.0]}, index=["m"])
+    row = to_markdown(table, percent=("clean", "square", "pgd")).splitlines()[2]
+    assert row == "| m | 200 | 98.0 | 86.0 [50] | — |"
