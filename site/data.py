@@ -357,9 +357,11 @@ def boards(rec: Records) -> list[dict]:
             by_attack = {r.attack: r for r in mg.itertuples()}
             b = bk.get((suite, model, norm, eps))
             best = num(b.best_known_acc) if b is not None else None
-            clean = num(clean_of.get((suite, model)))
+            # clean accuracy on the row's own test points (those of its best-known value)
+            clean = num(b.clean_acc) if b is not None else num(clean_of.get((suite, model)))
             if clean is None and len(mg):
                 clean = num(mg["clean_acc"].iloc[0])
+            row_n = int(b.n) if b is not None else int(mg["n"].max())
             row_cells = []
             for a in attacks:
                 c = by_attack.get(a)
@@ -375,11 +377,13 @@ def boards(rec: Records) -> list[dict]:
                 title.append(f"{1000 * float(c.seconds_per_sample):.2f} ms/sample")
                 if c.rejected:
                     title.append(f"{c.rejected} candidates rejected by verification")
+                if int(c.n) != row_n:
+                    title.append(f"on the first {int(c.n)} test points only")
                 row_cells.append({
                     "acc": acc, "status": c.status, "error": c.error, "gap": gap,
                     "is_best": b is not None and a == b.best_attack,
                     "rejected": int(c.rejected or 0), "style": heat(acc),
-                    "title": " · ".join(title),
+                    "title": " · ".join(title), "n": int(c.n),
                 })
             badges = row_badges(by_attack, kinds, diags.get((suite, model), {}), n)
             unique = b.unique_breaks if b is not None else {}
@@ -392,7 +396,7 @@ def boards(rec: Records) -> list[dict]:
                              and best < num(b.best_attack_acc) - 1e-12),
                 "unique": {k: v for k, v in (unique or {}).items() if v},
                 "cells": row_cells, "badges": badges, "n_cells": len(mg),
-                "n": int(b.n) if b is not None else int(mg["n"].max()),
+                "n": row_n,
             })
         rows.sort(key=lambda r: (r["best"] is None, -(r["best"] or 0), -(r["clean"] or 0),
                                  r["model"]))

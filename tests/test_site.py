@@ -140,6 +140,7 @@ def write_edge_records(root: Path) -> None:
     for attack in ("pgd-linf", "pgd-linf-njs"):
         put(_cell(REFERENCE, attack, [0] * 10, clean=ones, eps=0.2))
     put(_cell(MASKED, "pgd-linf", [1] * 5, clean=[1] * 5, eps=0.2))
+    put(_cell(REFERENCE, "square", [0] * 4, clean=[1] * 4, eps=0.2))  # on a 4-point prefix
     put(_cell(EVIL_MODEL, "pgd-linf", [1] * 5 + [0] * 5, clean=ones, rejected=2))
     put(_cell(EVIL_MODEL, EVIL_ATTACK, [0] * 10, clean=ones, status="error",
               error="RuntimeError: <b>boom</b>"))
@@ -244,6 +245,10 @@ def test_one_row_per_model_on_every_board(records, site):
     notes = {tr.attrs["data-model"]: tr.text() for tr in board_rows(limited)}
     assert set(notes) == {MASKED, REFERENCE}
     assert "n=5" in notes[MASKED] and "n=" not in notes[REFERENCE]
+    (ref_row,) = [tr for tr in board_rows(limited) if tr.attrs["data-model"] == REFERENCE]
+    marked = [td for td in ref_row.iter("td") if "on the first" in td.attrs.get("title", "")]
+    assert len(marked) == 1 and "square" in marked[0].attrs["title"]
+    assert marked[0].find("sup")[0].text() == "4"
     assert len(list(site.glob("board-*.html"))) == boards
 
 
