@@ -103,9 +103,18 @@ def random_start(x: torch.Tensor, eps: float, norm: str, gen: torch.Generator) -
 
 
 def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    """sign(g) for L∞; g / ‖g‖₂ per sample for L2, computed so that it never underflows.
+
+    Saturated binarized networks have input gradients of 1e-25 and below that are not zero:
+    their squares underflow in float32, ‖g‖₂ comes out as exactly 0, and the usual
+    ``g / max(‖g‖, 1e-12)`` (Foolbox's form too) gives a step of ~0 although g has a direction.
+    Dividing by max|g| first makes the direction exact for every g ≠ 0 (and 0 for g = 0).
+    """
     if norm == "linf":
         return grad.sign()
-    return grad / _flat_norm(grad).clamp_min(1e-12)
+    peak = grad.flatten(1).abs().amax(dim=1).view(-1, *[1] * (grad.ndim - 1))
+    unit = grad / peak.clamp_min(torch.finfo(grad.dtype).tiny)
+    return unit / _flat_norm(unit).clamp_min(1e-12)
 
 
 class GradientAttack(Attack):
@@ -129,6 +138,10 @@ class GradientAttack(Attack):
         self.restarts = restarts
         self.random_start = random_start
         self.scaler = scaler or LogitScaler()
+        if norm == "l2":
+            # part of the configuration, hence of every L2 cell's key: cells recorded with the
+            # earlier, underflowing normalisation (see ascent_direction) are not reused
+            self.l2_direction = "rescaled"
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
             generator: torch.Generator) -> AttackResult:
