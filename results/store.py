@@ -84,13 +84,29 @@ def list_suites(root: Path | None = None) -> list[str]:
     return sorted(p.name.removesuffix(".cells.jsonl") for p in root.glob("*.cells.jsonl"))
 
 
+#: What a cell measured. Two cells that agree on all of these but differ in key differ only
+#: in the attack's configuration: the attack was redefined, and the later cell replaces the
+#: earlier one (records are append-only, so the earlier one stays in the file).
+MEASURED = ["suite", "model", "model_sha256", "attack", "norm", "eps", "n", "seed",
+            "inputs_sha256"]
+
+
 def load(suite: str | None = None, root: Path | str | None = None) -> pd.DataFrame:
-    """All (or one suite's) current cell records as a DataFrame, one row per cell."""
+    """All (or one suite's) current cell records as a DataFrame, one row per cell.
+
+    Of the cells of one measurement (:data:`MEASURED`) only the most recently created is
+    current; the last record of a key wins.
+    """
     root = Path(root) if root is not None else None
     suites = [suite] if suite else list_suites(root)
     rows = [to_dict(r) for s in suites for r in latest_cells(s, root).values()]
     columns = [f for f in CellRecord.__dataclass_fields__]
-    return pd.DataFrame(rows, columns=columns)
+    frame = pd.DataFrame(rows, columns=columns)
+    if frame.empty:
+        return frame
+    order = frame.sort_values("created", kind="stable")
+    current = order.drop_duplicates(MEASURED, keep="last").index
+    return frame.loc[frame.index.isin(current)].reset_index(drop=True)
 
 
 def load_models(suite: str | None = None, root: Path | str | None = None) -> pd.DataFrame:

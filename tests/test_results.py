@@ -67,6 +67,20 @@ def test_append_load_and_last_record_wins(tmp_path):
     assert df["eps"].dtype.kind == "f" and df["n"].dtype.kind == "i"
 
 
+def test_a_redefined_attack_replaces_its_earlier_cells(tmp_path):
+    path = results.cells_path("s", tmp_path)
+    old = make_cell(key="old", created="2026-01-01T00:00:00Z")
+    new = make_cell(key="new", attack_config={"steps": 20, "l2_direction": "rescaled"},
+                    robust=[0, 0, 0, 0], robust_acc=0.0, created="2026-01-02T00:00:00Z")
+    other_n = make_cell(key="n2", n=2, robust=[1, 0], clean_correct=[1, 1], n_attacked=2,
+                        clean_acc=1.0, robust_acc=0.5, created="2026-01-01T00:00:00Z")
+    for rec in (new, old, other_n):  # file order does not matter, creation time does
+        results.append(path, rec)
+    df = results.load(root=tmp_path)
+    assert sorted(df["key"]) == ["n2", "new"]
+    assert results.best_known(df)["best_known_acc"].iloc[0] == 0.0
+
+
 def test_half_written_last_line_is_ignored_then_repaired(tmp_path):
     path = results.cells_path("s", tmp_path)
     results.append(path, make_cell())
