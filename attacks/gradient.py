@@ -105,7 +105,7 @@ def random_start(x: torch.Tensor, eps: float, norm: str, gen: torch.Generator) -
 def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
     """sign(g) for L∞; g / ‖g‖₂ per sample for L2, computed so that it never underflows.
 
-    Saturated binarized networks have input gradients of 1e-25 and below that are not zero:
+    Saturated binarized networks have input gradients below ~4e-23 that are not zero:
     their squares underflow in float32, ‖g‖₂ comes out as exactly 0, and the usual
     ``g / max(‖g‖, 1e-12)`` (Foolbox's form too) gives a step of ~0 although g has a direction.
     Dividing by max|g| first makes the direction exact for every g ≠ 0 (and 0 for g = 0).
