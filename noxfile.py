@@ -22,17 +22,22 @@ def install(session: nox.Session) -> None:
     session.install("-e", ".[test]")
 
 
+def apt_install(session: nox.Session, package: str, hint: str) -> None:
+    """Install a Debian package when running as root with apt-get, else warn with ``hint``."""
+    if shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0:
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        session.run("apt-get", "update", "-qq", external=True, env=env)
+        session.run("apt-get", "install", "-y", "-qq", "--no-install-recommends", package,
+                    external=True, env=env)
+    else:
+        session.warn(hint)
+
+
 def ensure_chromium(session: nox.Session) -> None:
     """The site tests drive a real headless Chromium (Debian's package)."""
-    if shutil.which("chromium"):
-        return
-    if shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0:
-        session.run("apt-get", "update", "-qq", external=True)
-        session.run("apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium",
-                    external=True, env={"DEBIAN_FRONTEND": "noninteractive"})
-    else:
-        session.warn("chromium is not installed and cannot be installed here: "
-                     "the browser tests will be skipped (apt-get install chromium)")
+    if not shutil.which("chromium"):
+        apt_install(session, "chromium", "chromium is not installed and cannot be installed "
+                    "here: the browser tests will be skipped (apt-get install chromium)")
 
 
 @nox.session
@@ -52,16 +57,12 @@ def benchmark(session: nox.Session) -> None:
 
 
 def ensure_fashion_mnist(session: nox.Session) -> None:
-    """Fashion-MNIST ships offline as Debian's dataset-fashion-mnist package."""
+    """Fashion-MNIST ships offline as Debian's dataset-fashion-mnist package (the folder is
+    zoo.data.DEBIAN_FASHION_MNIST; the project is not importable from here)."""
     if os.path.isdir("/usr/share/datasets/fashion-mnist") or "--data-root" in session.posargs:
         return
-    if shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0:
-        session.run("apt-get", "install", "-y", "-qq", "--no-install-recommends",
-                    "dataset-fashion-mnist", external=True,
-                    env={"DEBIAN_FRONTEND": "noninteractive"})
-    else:
-        session.warn("Fashion-MNIST not found: apt-get install dataset-fashion-mnist, or pass "
-                     "-- --data-root DIR with the four IDX files")
+    apt_install(session, "dataset-fashion-mnist", "Fashion-MNIST not found: apt-get install "
+                "dataset-fashion-mnist, or pass -- --data-root DIR with the four IDX files")
 
 
 @nox.session
