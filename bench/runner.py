@@ -316,22 +316,19 @@ def attack_cell(
                     _merge_info(out["info"], counts, 0)
                 if isinstance(attack, MinimumNormAttack) and searches is not None:
                     if start not in searches:  # the first ε of this attack: search once
-                        searches[start] = _timed_search(attack, counted, x[b], y[b], gen, device)
-                    found, shared = searches[start]
+                        searches[start] = _measured(
+                            lambda b=b: attack.search(counted, x[b], y[b], generator=gen),
+                            counted, device)
+                    found, cost = searches[start]
                     result = AttackResult(attack.restrict(x[b], found.x_adv, eps), found.info)
-                    seconds += shared["seconds"]
-                    passes["forwards"] += shared["forwards"]
-                    passes["backwards"] += shared["backwards"]
                     out["info"]["search_shared_across_eps"] = True
                 else:
-                    before = counted.forwards, counted.backwards
-                    _sync(device)
-                    t0 = time.perf_counter()
-                    result = attack(counted, x[b], y[b], eps=eps, generator=gen)
-                    _sync(device)
-                    seconds += time.perf_counter() - t0
-                    passes["forwards"] += counted.forwards - before[0]
-                    passes["backwards"] += counted.backwards - before[1]
+                    result, cost = _measured(
+                        lambda b=b: attack(counted, x[b], y[b], eps=eps, generator=gen),
+                        counted, device)
+                seconds += cost["seconds"]
+                passes["forwards"] += cost["forwards"]
+                passes["backwards"] += cost["backwards"]
                 verdict = verify(model, x[b], y[b], result.x_adv, eps=eps, norm=attack.norm)
                 robust[b] = ~verdict.success
                 out["rejected"] += verdict.rejected
@@ -354,18 +351,17 @@ def attack_cell(
     return out
 
 
-def _timed_search(attack: MinimumNormAttack, counted: CountingModel, x: torch.Tensor,
-                  y: torch.Tensor, gen: torch.Generator, device: str
-                  ) -> tuple[AttackResult, dict[str, float]]:
-    """One ε-free search with its wall time and pass counts (shared by the cells it serves)."""
+def _measured(call: Callable[[], AttackResult], counted: CountingModel, device: str
+              ) -> tuple[AttackResult, dict[str, float]]:
+    """Run an attack call; its result with its wall time and the passes it made."""
     before = counted.forwards, counted.backwards
     _sync(device)
     t0 = time.perf_counter()
-    found = attack.search(counted, x, y, generator=gen)
+    result = call()
     _sync(device)
-    return found, {"seconds": time.perf_counter() - t0,
-                   "forwards": counted.forwards - before[0],
-                   "backwards": counted.backwards - before[1]}
+    return result, {"seconds": time.perf_counter() - t0,
+                    "forwards": counted.forwards - before[0],
+                    "backwards": counted.backwards - before[1]}
 
 
 def _merge_info(acc: dict, info: dict, weight: int) -> None:
