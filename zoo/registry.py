@@ -145,15 +145,15 @@ def get_model(
     recipe on a machine too small for it. Such weights are cached apart from the real ones
     (``NAME.smoke-N``) and their card says ``"smoke_max_train_steps": N``.
     """
-    spec = model_spec(name)
-    recipe, recipe_id, key = spec.recipe, spec.recipe_id, name
+    spec, key = model_spec(name), name
+    run = spec  # the spec whose recipe is trained: a smoke run caps its steps
     if max_train_steps is not None:
         if max_train_steps < 1:
             raise ValueError(f"max_train_steps must be a positive step count, got "
                              f"{max_train_steps}")
-        recipe = replace(spec.recipe, max_steps=max_train_steps)
-        recipe_id = recipe.recipe_id(spec.arch + "/" + spec.quant)
+        run = replace(spec, recipe=replace(spec.recipe, max_steps=max_train_steps))
         key = f"{name}.smoke-{max_train_steps}"
+    recipe, recipe_id = run.recipe, run.recipe_id
     with torch.random.fork_rng():  # seeded initialisation, global RNG left untouched
         torch.manual_seed(recipe.seed)
         model = spec.factory()
@@ -164,11 +164,9 @@ def get_model(
         data = load_dataset(spec.dataset, data_root)
         summary = train_model(model, data, recipe, device=device, progress=progress,
                               desc=f"train {name}")
-        smoke = {} if max_train_steps is None else {
-            "recipe": asdict(recipe), "recipe_id": recipe_id,
-            "smoke_max_train_steps": max_train_steps}
+        smoke = {} if max_train_steps is None else {"smoke_max_train_steps": max_train_steps}
         card = save_weights(key, model.state_dict(), {
-            **_static_card(spec, model),
+            **_static_card(run, model),
             **smoke,
             "trained_on": device,
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -179,7 +177,7 @@ def get_model(
         # Reload from disk so that a model is only ever used through verified weights.
         model.load_state_dict(load_weights(key, card))
     # Cards written before a field existed are completed from the registration.
-    card = {**_static_card(spec, model), **card}
+    card = {**_static_card(run, model), **card}
     return model.to(device).eval(), card
 
 __all__ = ["CorruptWeightsError", "ModelSpec", "get_model", "list_models", "model_card",
