@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from zoo.models import activation, check_quant, conv3x3, dense, norm_2d, norm_act_1d
+from zoo.models import activation, check_quant, conv3x3, dense_stack, norm_2d
 
 #: The MNIST-family convnet: two blocks of two 3×3 convolutions, then one hidden dense layer.
 CONVNET_CFG: tuple[int | str, ...] = (16, 16, "M", 32, 32, "M")
@@ -61,15 +61,9 @@ class VGGNet(nn.Module):
             layers.append(activation(quant))
             channels = width
         self.features = nn.Sequential(*layers)
-        head: list[nn.Module] = [nn.Flatten()]
-        width = channels * size * size
-        for h in fc_hidden:
-            head.append(dense(width, h, quant))
-            head.extend(norm_act_1d(h, quant))
-            width = h
-        head.append(dense(width, num_classes, quant))
-        self.classifier = nn.Sequential(*head)
-        self.last_fan_in = width
+        flat = channels * size * size
+        self.classifier = nn.Sequential(*dense_stack(flat, fc_hidden, num_classes, quant))
+        self.last_fan_in = fc_hidden[-1] if fc_hidden else flat
 
     def forward(self, x):  # noqa: D401 - nn.Module API
         return self.classifier(self.features(x))

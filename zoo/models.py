@@ -36,6 +36,19 @@ def norm_act_1d(features: int, quant: str) -> list[nn.Module]:
     return [nn.BatchNorm1d(features, affine=True), SignActivation()]
 
 
+def dense_stack(in_features: int, hidden: list[int] | tuple[int, ...], num_classes: int,
+                quant: str) -> list[nn.Module]:
+    """Flatten, ``len(hidden)`` blocks of dense → BN → activation, then a dense output layer."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = in_features
+    for h in hidden:
+        layers.append(dense(width, h, quant))
+        layers.extend(norm_act_1d(h, quant))
+        width = h
+    layers.append(dense(width, num_classes, quant))
+    return layers
+
+
 class MLP(nn.Module):
     """Flatten, then ``len(hidden)`` blocks of dense → BN → activation, then a dense output.
 
@@ -48,14 +61,7 @@ class MLP(nn.Module):
         check_quant(quant)
         self.quant = quant
         self.hidden_sizes = list(hidden)
-        layers: list[nn.Module] = [nn.Flatten()]
-        width = in_features
-        for h in hidden:
-            layers.append(dense(width, h, quant))
-            layers.extend(norm_act_1d(h, quant))
-            width = h
-        layers.append(dense(width, num_classes, quant))
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(*dense_stack(in_features, hidden, num_classes, quant))
 
     def forward(self, x):  # noqa: D401 - nn.Module API
         return self.net(x)
