@@ -37,13 +37,16 @@ def board(cells: pd.DataFrame, norm: str, eps: float) -> pd.DataFrame:
     out["best_known"] = best["best_known_acc"]
     out["best_attack"] = best["best_attack"]
     cost = ok.set_index(["model", "attack"])
-    out["best_ms"] = [
-        1000 * float(cost.loc[(m, a), "seconds_per_sample"]) if isinstance(a, str) else math.nan
-        for m, a in zip(out.index, out["best_attack"], strict=True)]
-    out["best_passes"] = [
-        f"{cost.loc[(m, a), 'forwards_per_sample']:.0f}/"
-        f"{cost.loc[(m, a), 'backwards_per_sample']:.0f}" if isinstance(a, str) else ""
-        for m, a in zip(out.index, out["best_attack"], strict=True)]
+    ms, passes = [], []
+    for m, a in zip(out.index, out["best_attack"], strict=True):
+        if not isinstance(a, str):  # no ok cell at all for this model
+            ms.append(math.nan)
+            passes.append("")
+            continue
+        c = cost.loc[(m, a)]
+        ms.append(1000 * float(c["seconds_per_sample"]))
+        passes.append(f"{c['forwards_per_sample']:.0f}/{c['backwards_per_sample']:.0f}")
+    out["best_ms"], out["best_passes"] = ms, passes
     out.index.name = "model"
     out = out.sort_values(["best_known", "clean"], ascending=False)
     out.attrs["n"] = counts
