@@ -174,13 +174,26 @@ def cmd_run(args: argparse.Namespace) -> int:
                        data_root=args.data_root, max_train_steps=args.max_train_steps)
     from results import cells_path
 
-    print(f"suite {grid.suite}: {summary.ran} cells run, {summary.skipped} already recorded, "
-          f"{summary.errors} errors -> {cells_path(grid.suite, args.results)}")
+    shared = f", {summary.shared} computed by another process" if summary.shared else ""
+    print(f"suite {grid.suite}: {summary.ran} cells run, {summary.skipped} already recorded"
+          f"{shared}, {summary.errors} errors -> {cells_path(grid.suite, args.results)}")
     for r in summary.records:
         acc = "error" if r.robust_acc is None else f"{r.robust_acc:.3f}"
-        print(f"  {r.model:32s} {r.attack:16s} {r.norm:4s} ε={r.eps:<8g} clean={r.clean_acc:.3f}"
+        clean = "-" if r.clean_acc is None else f"{r.clean_acc:.3f}"
+        print(f"  {r.model:32s} {r.attack:16s} {r.norm:4s} ε={r.eps:<8g} clean={clean}"
               f" robust={acc} ({r.seconds_per_sample * 1e3:.2f} ms/sample)")
-    return 0
+    if summary.ok:
+        return 0
+    for failure in summary.failures:
+        print(f"failed: {failure}", file=sys.stderr)
+    for r in summary.records:
+        if r.status == "error":
+            print(f"error cell: {r.model} {r.attack} {r.norm} ε={r.eps:g}: {r.error}",
+                  file=sys.stderr)
+    print(f"{len(summary.failures)} model stages failed and {summary.errors} cells ended in an "
+          "error; they are recorded as error cells and the next run retries them",
+          file=sys.stderr)
+    return 1
 
 
 def cmd_board(args: argparse.Namespace) -> int:
