@@ -541,7 +541,7 @@ def _cell_record(measured: dict, cell: PlannedCell, **fields) -> CellRecord:
     with the reason (the grid goes on)."""
     common = dict(attack=cell.attack, eps=cell.eps, n=cell.n, inputs_sha256=cell.inputs_sha256,
                   versions=provenance.versions(), hardware=provenance.hardware(fields["device"]),
-                  created=provenance.now(), **fields)
+                  created=provenance.now(), host=provenance.host(), **fields)
     try:
         return CellRecord(**common, **measured).validate()
     except (RecordError, TypeError, ValueError) as exc:
@@ -559,36 +559,111 @@ def error_cells(plan: list[PlannedCell], reason: str, **fields) -> list[CellReco
         n_attacked=0, clean_acc=None, robust_acc=None, seconds=0.0, seconds_per_sample=0.0,
         robust=[], clean_correct=[], inputs_sha256=cell.inputs_sha256, status="error",
         error=reason, versions=provenance.versions(),
-        hardware=provenance.hardware(fields["device"]), created=provenance.now(), **fields,
+        hardware=provenance.hardware(fields["device"]), created=provenance.now(),
+        host=provenance.host(), **fields,
     ).validate() for cell in plan]
+
+
+class Recorder:
+    """The driver's side of a run, and the only writer of its records.
+
+    Holds the suite's :class:`results.store.CellLog`, the run's summary and progress bar.
+    ``since`` is empty, or with ``force`` the run's start: cells recorded ``ok`` after it
+    count as done.
+    """
+
+    def __init__(self, grid: Grid, *, results_root: Path | None, force: bool, progress: bool
+                 ) -> None:
+        self.grid, self.force = grid, force
+        self.mpath = models_path(grid.suite, results_root)
+        latest_cells(grid.suite, results_root)  # a corrupt records file stops here
+        self.known_models = latest_models(grid.suite, results_root)
+        self.log = CellLog(cells_path(grid.suite, results_root))
+        self.log.refresh()
+        self.since = provenance.now() if force else ""
+        self.summary = RunSummary()
+        self.bar = tqdm(total=len(grid.cells()), desc=f"suite {grid.suite}", unit="cell",
+                        disable=not progress)
+
+    def done(self, key: str) -> bool:
+        return self.log.done(key, self.since)
+
+    def record(self, r: CellRecord) -> None:
+        """Append a finished cell (unless recorded meanwhile) and count it."""
+        if self.log.append(r, self.since):
+            self.summary.records.append(r)
+            self.summary.errors += r.status == "error"
+        elif r.status == "error":  # kept out: an error never replaces an ok record
+            self.summary.errors += 1
+            self.summary.failures.append(
+                f"{r.model} {r.attack} {r.norm} ε={r.eps:g}: {r.error} (not recorded: the "
+                "cell's earlier ok record stands)")
+        else:
+            self.summary.shared += 1
+
+    def fail(self, name: str, sha: str, reason: str, plan: list[PlannedCell], device: str
+             ) -> None:
+        """A model stage failed: error records for its cells that are not done."""
+        self.summary.failures.append(f"{name}: {reason}")
+        mine = {r.key for r in self.summary.records}
+        todo = [c for c in plan if c.key(sha, self.grid.seed) not in mine
+                and not self.done(c.key(sha, self.grid.seed))]
+        for r in error_cells(todo, reason, suite=self.grid.suite, dataset=self.grid.dataset,
+                             model=name, model_sha256=sha, device=device, seed=self.grid.seed):
+            self.record(r)
+            self.bar.update()
+
+    def wants_model_record(self, name: str, sha: str) -> bool:
+        """Whether the model's record (card, clean accuracy, diagnostics) is to be written."""
+        prev = self.known_models.get(name)
+        return (self.force or prev is None or prev.model_sha256 != sha
+                or prev.n != self.grid.n or not prev.diagnostics)
+
+    def model_done(self, name: str, describe: Callable[[], ModelRecord]) -> None:
+        """Write the model's record when it is new; ``describe`` computes it."""
+        try:
+            append_model(self.mpath, describe())
+        except Exception as exc:  # noqa: BLE001 - the cells are recorded; say what failed
+            self.summary.failures.append(f"{name}: diagnostics failed: {type(exc).__name__}: "
+                                         f"{exc}"[:500])
 
 
 def run_grid(
     grid: Grid, *, device: str = "auto", results_root: Path | None = None, force: bool = False,
     retrain: bool = False, progress: bool = True, data_root: str | None = None,
-    max_train_steps: int | None = None,
+    max_train_steps: int | None = None, executor: str = "local", ray_address: str | None = None,
+    gpus_per_task: float = 0.0, threads_per_task: int = 1,
 ) -> RunSummary:
     """Run a grid, appending each finished cell to ``<results_root>/<suite>.cells.jsonl``.
 
     Cells recorded ``ok`` are skipped (with ``force``: those recorded after this run started).
-    Several processes may run one grid into one folder at once: each cell is claimed by the
-    process computing it, others skip it on their first pass and, at the end, wait for it (and
-    compute it themselves if its claimant died without recording it). A model whose training,
-    calibration or clean pass fails gets error records for its cells and the grid goes on;
-    error cells are retried by the next run. ``max_train_steps`` caps the training of models
-    not yet cached (a smoke run, see :func:`zoo.get_model`).
+    A model whose training, calibration or clean pass fails gets error records for its cells
+    and the grid goes on; error cells are retried by the next run. ``max_train_steps`` caps
+    the training of models not yet cached (a smoke run, see :func:`zoo.get_model`).
+
+    ``executor="local"`` computes every cell in this process. Several such processes may run
+    one grid into one folder at once: each cell is claimed by the process computing it, others
+    skip it on their first pass and, at the end, wait for it (and compute it themselves if its
+    claimant died without recording it). ``executor="ray"`` sends one task per (model, attack)
+    to a Ray cluster (``ray_address``; see :mod:`bench.distributed`) and records what the tasks
+    return: the same cells, keys and records.
     """
+    if executor not in ("local", "ray"):
+        raise QBenchError(f"unknown executor {executor!r}; allowed: local, ray")
+    if executor == "ray":
+        from bench.distributed import run_on_ray
+
+        rec = Recorder(grid, results_root=results_root, force=force, progress=progress)
+        try:
+            run_on_ray(grid, rec, address=ray_address, gpus_per_task=gpus_per_task,
+                       threads_per_task=threads_per_task, retrain=retrain, data_root=data_root,
+                       max_train_steps=max_train_steps, progress=progress)
+        finally:
+            rec.bar.close()
+        return rec.summary
     device = resolve_device(device)
-    cpath, mpath = cells_path(grid.suite, results_root), models_path(grid.suite, results_root)
-    latest_cells(grid.suite, results_root)  # a corrupt records file stops here, before any work
-    known_models = latest_models(grid.suite, results_root)
-    log = CellLog(cpath)
-    log.refresh()
-    since = provenance.now() if force else ""
+    rec = Recorder(grid, results_root=results_root, force=force, progress=progress)
     data = load_dataset(grid.dataset, data_root)
-    summary = RunSummary()
-    cells = grid.cells()
-    bar = tqdm(total=len(cells), desc=f"suite {grid.suite}", unit="cell", disable=not progress)
     deferred: dict[str, set[str]] = {}
 
     def gate(key: str, *, wait: bool = False, only: set[str] | None = None):
@@ -597,28 +672,17 @@ def run_grid(
             if only is not None and key not in only:
                 yield "other"
                 return
-            log.refresh()
-            claim = None if log.done(key, since) else log.claim(key, wait=wait)
+            rec.log.refresh()
+            claim = None if rec.done(key) else rec.log.claim(key, wait=wait)
             if claim is None:
-                yield DONE if log.done(key, since) else BUSY
+                yield DONE if rec.done(key) else BUSY
                 return
             try:
-                log.refresh()
-                yield DONE if log.done(key, since) else RUN
+                rec.log.refresh()
+                yield DONE if rec.done(key) else RUN
             finally:
                 claim.release()
         return held()
-
-    def record(r: CellRecord) -> None:
-        if log.append(r, since):
-            summary.records.append(r)
-            summary.errors += r.status == "error"
-        elif r.status == "error":  # kept out: an error never replaces an ok record
-            summary.errors += 1
-            summary.failures.append(f"{r.model} {r.attack} {r.norm} ε={r.eps:g}: {r.error} "
-                                    "(not recorded: the cell's earlier ok record stands)")
-        else:
-            summary.shared += 1
 
     def run_model(name: str, gate_of: Callable[[str], contextlib.AbstractContextManager[str]],
                   on_skip: Callable[[str, str], None]) -> None:
@@ -632,41 +696,29 @@ def run_grid(
             for _ in evaluate_cells(
                 model, model_name=name, model_sha256=sha, suite=grid.suite, dataset=data,
                 attacks=grid.attacks, eps=grid.eps, n=grid.n, seed=grid.seed, device=device,
-                gate=gate_of, on_record=record, on_skip=on_skip, progress=bar,
+                gate=gate_of, on_record=rec.record, on_skip=on_skip, progress=rec.bar,
                 limits=grid.limits.get(name, {}),
             ):
                 pass  # each record is appended as its cell finishes
         except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the grid
             reason = str(exc) if isinstance(exc, StageError) else \
                 StageError(stage, exc).args[0]
-            summary.failures.append(f"{name}: {reason}")
-            mine = {r.key for r in summary.records}
-            todo = [c for c in plan if c.key(sha, grid.seed) not in mine
-                    and not log.done(c.key(sha, grid.seed), since)]
-            for r in error_cells(todo, reason, suite=grid.suite, dataset=grid.dataset,
-                                 model=name, model_sha256=sha, device=device, seed=grid.seed):
-                record(r)
+            rec.fail(name, sha, reason, plan, device)
             return
-        prev = known_models.get(name)
-        if (force or prev is None or prev.model_sha256 != sha or prev.n != grid.n
-                or not prev.diagnostics):
-            try:
-                append_model(mpath, model_record(model, name, sha, card, grid, data, device))
-            except Exception as exc:  # noqa: BLE001 - the cells are recorded; say what failed
-                summary.failures.append(f"{name}: diagnostics failed: {type(exc).__name__}: "
-                                        f"{exc}"[:500])
+        if rec.wants_model_record(name, sha):
+            rec.model_done(name, lambda: model_record(model, name, sha, card, grid, data, device))
 
     def first_pass_skip(name: str) -> Callable[[str, str], None]:
         def skip(key: str, state: str) -> None:
             if state == BUSY:
                 deferred.setdefault(name, set()).add(key)
             else:
-                summary.skipped += 1
+                rec.summary.skipped += 1
         return skip
 
     def second_pass_skip(key: str, state: str) -> None:
         if state == DONE:
-            summary.shared += 1
+            rec.summary.shared += 1
 
     try:
         for name in grid.models:
@@ -674,8 +726,8 @@ def run_grid(
         for name, keys in deferred.items():  # cells other processes held: wait, then check
             run_model(name, lambda k, keys=keys: gate(k, wait=True, only=keys), second_pass_skip)
     finally:
-        bar.close()
-    return summary
+        rec.bar.close()
+    return rec.summary
 
 
 def model_record(model: nn.Module, name: str, sha: str, card: dict, grid: Grid, data: Dataset,

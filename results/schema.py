@@ -55,6 +55,7 @@ class CellRecord:
     hardware: str = ""
     created: str = ""  # UTC ISO time
     schema_version: int = SCHEMA_VERSION
+    host: str = ""  # the machine that computed the cell (records before it existed: "")
 
     def validate(self) -> CellRecord:
         _check_types(self)
