@@ -207,7 +207,7 @@ def run_on_ray(grid: Grid, rec: Recorder, *, address: str | None, gpus_per_task:
             (ready,), _ = ray.wait(list(pending), num_returns=1)
             unit, shipped = pending.pop(ready)
             if unit is None:
-                rec.model_done(shipped.name, lambda ready=ready: ray.get(ready))
+                rec.model_done(shipped.name, shipped.sha256, lambda ready=ready: ray.get(ready))
                 continue
             try:
                 records = ray.get(ready)

@@ -39,7 +39,7 @@ from bench.suites import LimitRules, limit_rules
 from bench.verify import verify
 from results import CellRecord, ModelRecord, cells_path, latest_cells, models_path
 from results.schema import RecordError, finite
-from results.store import CellLog, append_model, latest_models
+from results.store import CellLog, append_model, latest_models, latest_models_in
 from zoo import get_model, list_models, load_dataset, model_spec, tensor_sha256
 from zoo.data import Dataset, dataset_info
 from zoo.errors import BadEpsilonError, QBenchError, match_names
@@ -614,18 +614,29 @@ class Recorder:
             self.bar.update()
 
     def wants_model_record(self, name: str, sha: str) -> bool:
-        """Whether the model's record (card, clean accuracy, diagnostics) is to be written."""
+        """Whether the model's record (card, clean accuracy, diagnostics) is to be written:
+        none of these weights and n is recorded yet (re-read: another process may have)."""
+        if self.force:
+            return True
+        self.known_models.update(latest_models_in(self.mpath))
         prev = self.known_models.get(name)
-        return (self.force or prev is None or prev.model_sha256 != sha
-                or prev.n != self.grid.n or not prev.diagnostics)
+        return (prev is None or prev.model_sha256 != sha or prev.n != self.grid.n
+                or not prev.diagnostics)
 
-    def model_done(self, name: str, describe: Callable[[], ModelRecord]) -> None:
-        """Write the model's record when it is new; ``describe`` computes it."""
+    def model_done(self, name: str, sha: str, describe: Callable[[], ModelRecord]) -> None:
+        """Write the model's record; ``describe`` computes it, in one process of those that
+        run the grid at once (the others leave it to the one holding its claim)."""
+        claim = self.log.claim(f"model-{name}-{sha}", wait=False)
+        if claim is None:
+            return
         try:
-            append_model(self.mpath, describe())
+            if self.wants_model_record(name, sha):
+                append_model(self.mpath, describe())
         except Exception as exc:  # noqa: BLE001 - the cells are recorded; say what failed
             self.summary.failures.append(f"{name}: diagnostics failed: {type(exc).__name__}: "
                                          f"{exc}"[:500])
+        finally:
+            claim.release()
 
 
 def run_grid(
@@ -706,7 +717,8 @@ def run_grid(
             rec.fail(name, sha, reason, plan, device)
             return
         if rec.wants_model_record(name, sha):
-            rec.model_done(name, lambda: model_record(model, name, sha, card, grid, data, device))
+            rec.model_done(name, sha,
+                           lambda: model_record(model, name, sha, card, grid, data, device))
 
     def first_pass_skip(name: str) -> Callable[[str, str], None]:
         def skip(key: str, state: str) -> None:
