@@ -677,37 +677,22 @@ def run_grid(
     data = load_dataset(grid.dataset, data_root)
     deferred: dict[str, set[str]] = {}
 
-    def gate(key: str, *, wait: bool = False, only: set[str] | None = None):
-        @contextlib.contextmanager
-        def held() -> Iterator[str]:
-            if only is not None and key not in only:
-                yield "other"
-                return
-            rec.log.refresh()
-            claim = None if rec.done(key) else rec.log.claim(key, wait=wait)
-            if claim is None:
-                yield DONE if rec.done(key) else BUSY
-                return
-            try:
-                rec.log.refresh()
-                yield DONE if rec.done(key) else RUN
-            finally:
-                claim.release()
-        return held()
-
-    def run_model(name: str, gate_of: Callable[[str], contextlib.AbstractContextManager[str]],
-                  on_skip: Callable[[str, str], None]) -> None:
+    def run_model(name: str, on_skip: Callable[[str, str], None], *, wait: bool = False,
+                  only: set[str] | None = None) -> None:
         plan = plan_cells(data, grid.attacks, grid.eps, grid.n, grid.limits.get(name, {}))
         sha, stage = "", "training"
+        gate = None
         try:
             model, card = get_model(name, device=device, retrain=retrain, progress=progress,
                                     data_root=data_root, max_train_steps=max_train_steps)
             sha, stage = card["weights_sha256"], "calibration"
+            gate = ClaimGate(rec, {c.key(sha, grid.seed): f"{name}.{c.attack}.{sha[:16]}"
+                                   for c in plan}, wait=wait, only=only)
             calibrate(model, data, device)  # NJS β1 on the first 101 test images
             for _ in evaluate_cells(
                 model, model_name=name, model_sha256=sha, suite=grid.suite, dataset=data,
                 attacks=grid.attacks, eps=grid.eps, n=grid.n, seed=grid.seed, device=device,
-                gate=gate_of, on_record=rec.record, on_skip=on_skip, progress=rec.bar,
+                gate=gate, on_record=rec.record, on_skip=on_skip, progress=rec.bar,
                 limits=grid.limits.get(name, {}),
             ):
                 pass  # each record is appended as its cell finishes
@@ -716,6 +701,9 @@ def run_grid(
                 StageError(stage, exc).args[0]
             rec.fail(name, sha, reason, plan, device)
             return
+        finally:
+            if gate is not None:
+                gate.release()
         if rec.wants_model_record(name, sha):
             rec.model_done(name, sha,
                            lambda: model_record(model, name, sha, card, grid, data, device))
@@ -734,12 +722,53 @@ def run_grid(
 
     try:
         for name in grid.models:
-            run_model(name, gate, first_pass_skip(name))
+            run_model(name, first_pass_skip(name))
         for name, keys in deferred.items():  # cells other processes held: wait, then check
-            run_model(name, lambda k, keys=keys: gate(k, wait=True, only=keys), second_pass_skip)
+            run_model(name, second_pass_skip, wait=True, only=keys)
     finally:
         rec.bar.close()
     return rec.summary
+
+
+class ClaimGate:
+    """The local executor's gate: claims one (model, attack) unit at a time.
+
+    Processes that run one grid share it by units: all ε of an attack on a model (so a
+    minimum-norm attack's one search serves all of them). The first cell of a unit that is not
+    recorded claims the unit; the claim is held until the gate moves on to another unit (or
+    :meth:`release`), so every record of the unit is appended under it. A unit claimed by
+    another live process reads :data:`BUSY` for each of its cells; ``wait`` blocks until the
+    holder releases it or dies. ``only`` limits the gate to those keys (others read "other").
+    """
+
+    def __init__(self, rec: Recorder, unit_of: dict[str, str], *, wait: bool = False,
+                 only: set[str] | None = None) -> None:
+        self.rec, self.unit_of, self.wait, self.only = rec, unit_of, wait, only
+        self.unit: str | None = None
+        self.claim = None
+
+    def release(self) -> None:
+        if self.claim is not None:
+            self.claim.release()
+        self.unit, self.claim = None, None
+
+    @contextlib.contextmanager
+    def __call__(self, key: str) -> Iterator[str]:
+        if self.only is not None and key not in self.only:
+            yield "other"
+            return
+        log = self.rec.log
+        log.refresh()
+        if self.rec.done(key):
+            yield DONE
+            return
+        unit = self.unit_of[key]
+        if unit != self.unit:
+            self.release()
+            self.unit, self.claim = unit, log.claim(unit, wait=self.wait)
+        if self.claim is not None:
+            log.refresh()  # the unit's previous holder may have recorded this cell meanwhile
+        yield DONE if self.rec.done(key) else (RUN if self.claim is not None else BUSY)
 
 
 def model_record(model: nn.Module, name: str, sha: str, card: dict, grid: Grid, data: Dataset,
