@@ -78,15 +78,30 @@ def model_lock(name: str, root: Path | None = None) -> Iterator[None]:
 
     Held while a model's card is checked and the model is trained and saved, so that of two
     processes asking for the same untrained model one trains and the other waits, then loads.
+    A read-only cache (no lock file can be made) is used without the lock: it can only be
+    read, and reading a complete, renamed file needs none.
     """
     wpath, _ = paths_for(name, root)
-    wpath.parent.mkdir(parents=True, exist_ok=True)
-    with open(wpath.with_name(f"{name}.lock"), "a") as f:
+    try:
+        wpath.parent.mkdir(parents=True, exist_ok=True)
+        f = open(wpath.with_name(f"{name}.lock"), "a")  # noqa: SIM115 - closed below
+    except OSError:
+        if not _read_only(wpath.parent):
+            raise
+        f = None
+    if f is None:  # a read-only cache: nothing can be written, so there is nothing to lock
+        yield
+        return
+    with f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _read_only(folder: Path) -> bool:
+    return folder.is_dir() and not os.access(folder, os.W_OK)
 
 
 def save_weights(name: str, state: dict[str, torch.Tensor], card: dict, root: Path | None = None
