@@ -42,8 +42,8 @@ def ensure_chromium(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite (a few minutes on a 2-core CPU)."""
-    install(session)
+    """The test suite (a few minutes on a 2-core CPU); with Ray, for the Ray executor's tests."""
+    session.install("-e", ".[test,ray]")
     ensure_chromium(session)
     session.run("pytest", *session.posargs)
 
@@ -76,8 +76,9 @@ def fashion(session: nox.Session) -> None:
 
 @nox.session
 def cifar10(session: nox.Session) -> None:
-    """The paper's CIFAR-10 suite (needs a GPU and the CIFAR-10 files under --data-root)."""
-    install(session)
+    """The paper's CIFAR-10 suite (needs a GPU and the CIFAR-10 files under --data-root);
+    ``-- --executor ray --ray-address auto`` spreads it over a Ray cluster."""
+    session.install("-e", ".[test,ray]")
     session.run("python", "-m", "bench", "run", "--suite", "cifar10", "--device", "cuda",
                 *session.posargs)
     session.run("python", "-m", "leaderboard", "--out", "public")

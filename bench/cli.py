@@ -64,6 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder with dataset files (default: $QBENCH_DATA or .cache/qbench/data)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--deterministic", action="store_true", help=DETERMINISTIC_HELP)
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="local (default): every cell in this process; ray: one task per "
+                   "(model, attack) on a Ray cluster, records written here")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="with --executor ray: 'auto' (the cluster this machine joined), "
+                   "HOST:PORT, or unset: $RAY_ADDRESS, else a local Ray started for the run")
+    p.add_argument("--gpus-per-task", type=float, default=0.0, metavar="G",
+                   help="with --executor ray: GPUs per task, fractions allowed (0.25: four "
+                   "tasks share a GPU); 0 (default) runs tasks on CPUs")
+    p.add_argument("--threads-per-task", type=int, default=1, metavar="T",
+                   help="with --executor ray: CPU threads (and Ray CPUs) per task (default 1)")
     p.add_argument("--max-train-steps", type=int, default=None, metavar="N",
                    help="smoke run: train models that are not cached for at most N optimizer "
                    "steps (kept apart from the real weights; needs --results, so that such "
@@ -159,16 +170,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         enable_deterministic()
     summary = run_grid(grid, device=args.device, results_root=args.results, force=args.force,
                        retrain=args.retrain, progress=not args.no_progress,
-                       data_root=args.data_root, max_train_steps=args.max_train_steps)
+                       data_root=args.data_root, max_train_steps=args.max_train_steps,
+                       executor=args.executor, ray_address=args.ray_address,
+                       gpus_per_task=args.gpus_per_task, threads_per_task=args.threads_per_task)
     from results import cells_path
 
-    print(f"suite {grid.suite}: {summary.ran} cells run, {summary.skipped} already recorded, "
-          f"{summary.errors} errors -> {cells_path(grid.suite, args.results)}")
+    shared = f", {summary.shared} computed by another process" if summary.shared else ""
+    print(f"suite {grid.suite}: {summary.ran} cells run, {summary.skipped} already recorded"
+          f"{shared}, {summary.errors} errors -> {cells_path(grid.suite, args.results)}")
     for r in summary.records:
         acc = "error" if r.robust_acc is None else f"{r.robust_acc:.3f}"
-        print(f"  {r.model:32s} {r.attack:16s} {r.norm:4s} ε={r.eps:<8g} clean={r.clean_acc:.3f}"
+        clean = "-" if r.clean_acc is None else f"{r.clean_acc:.3f}"
+        print(f"  {r.model:32s} {r.attack:16s} {r.norm:4s} ε={r.eps:<8g} clean={clean}"
               f" robust={acc} ({r.seconds_per_sample * 1e3:.2f} ms/sample)")
-    return 0
+    if summary.ok:
+        return 0
+    for failure in summary.failures:
+        print(f"failed: {failure}", file=sys.stderr)
+    for r in summary.records:
+        if r.status == "error":
+            print(f"error cell: {r.model} {r.attack} {r.norm} ε={r.eps:g}: {r.error}",
+                  file=sys.stderr)
+    print(f"{len(summary.failures)} model stages failed and {summary.errors} cells ended in an "
+          "error; they are recorded as error cells and the next run retries them",
+          file=sys.stderr)
+    return 1
 
 
 def cmd_board(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import socket
 import subprocess
 import time
 from importlib import metadata
@@ -49,3 +50,8 @@ def hardware(device: str) -> str:
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def host() -> str:
+    """The name of the machine computing a record."""
+    return socket.gethostname()

@@ -37,8 +37,9 @@ from bench.calibrate import calibrate, diagnostics
 from bench.instrument import CountingModel
 from bench.suites import LimitRules, limit_rules
 from bench.verify import verify
-from results import CellRecord, ModelRecord, append, cells_path, latest_cells, models_path
-from results.store import latest_models
+from results import CellRecord, ModelRecord, cells_path, latest_cells, models_path
+from results.schema import RecordError, finite
+from results.store import CellLog, append_model, latest_models, latest_models_in
 from zoo import get_model, list_models, load_dataset, model_spec, tensor_sha256
 from zoo.data import Dataset, dataset_info
 from zoo.errors import BadEpsilonError, QBenchError, match_names
@@ -184,13 +185,26 @@ def check_inputs(dataset: str, attack_names: list[str], eps: dict[str, list[floa
 
 @dataclass
 class RunSummary:
+    """What a run did: the cells it recorded, the cells it found recorded, what failed.
+
+    ``shared`` counts cells another process computed while this one ran (claimed first, see
+    :meth:`results.store.CellLog.claim`); ``failures`` names each model stage that failed
+    (training, calibration, clean pass, diagnostics) with its reason.
+    """
+
     records: list[CellRecord] = field(default_factory=list)
     skipped: int = 0
+    shared: int = 0
     errors: int = 0
+    failures: list[str] = field(default_factory=list)
 
     @property
     def ran(self) -> int:
         return len(self.records)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not self.failures
 
 
 def run_order(attacks: list[str]) -> list[str]:
@@ -283,7 +297,9 @@ def attack_cell(
     """Run one attack at one ε on the correctly classified points and verify the candidates.
 
     Returns the measured fields of a CellRecord. Exceptions from the attack are caught and
-    reported as an error cell; the grid goes on. ``pool`` (optional) holds the verified
+    reported as an error cell; the grid goes on. When the device runs out of memory, the
+    attack is run once more from the start with half the batch (``info["oom_batch_size"]``
+    says so). ``pool`` (optional) holds the verified
     successes of earlier attacks at the same model, norm and ε: this cell's successes are added
     to it, and an attack that needs starting points draws them from it (without a pool, such an
     attack attacks nothing). Finding starts and an attack's one-off ``warm_up()`` (if it has
@@ -291,64 +307,88 @@ def attack_cell(
     """
     attack = create_attack(attack_name)
     idx = clean_correct.nonzero().squeeze(1)
-    robust = clean_correct.clone()
-    counted = CountingModel(model).eval()
     out: dict = {"attack_config": attack.config(), "norm": attack.norm,
                  "n_attacked": len(idx), "rejected": 0, "info": {}}
-    seconds = 0.0
-    passes = {"forwards": 0, "backwards": 0}
-    try:
-        with torch.random.fork_rng(devices=[torch.device(device)] if device != "cpu" else []), \
-                frozen_parameters(model):
-            torch.manual_seed(seed)
-            gen = torch.Generator(device=device).manual_seed(seed)
-            if len(idx) and hasattr(attack, "warm_up"):
-                attack.warm_up()  # one-off per process (e.g. numba compilation): not timed
-            for start in range(0, len(idx), batch_size):
-                b = idx[start : start + batch_size]
-                if isinstance(attack, StartingPointAttack):
-                    if pool is None:
-                        starts, valid, counts = x[b], torch.zeros_like(b, dtype=torch.bool), {
-                            "starts_none": len(b)}
-                    else:
-                        starts, valid, counts = pool.starts(model, b, x[b], y[b], attack.norm)
-                    attack.set_starts(starts, valid)
-                    _merge_info(out["info"], counts, 0)
-                if isinstance(attack, MinimumNormAttack) and searches is not None:
-                    if start not in searches:  # the first ε of this attack: search once
-                        searches[start] = _measured(
-                            lambda b=b: attack.search(counted, x[b], y[b], generator=gen),
-                            counted, device)
-                    found, cost = searches[start]
-                    result = AttackResult(attack.restrict(x[b], found.x_adv, eps), found.info)
-                    out["info"]["search_shared_across_eps"] = True
-                else:
-                    result, cost = _measured(
-                        lambda b=b: attack(counted, x[b], y[b], eps=eps, generator=gen),
-                        counted, device)
-                seconds += cost["seconds"]
-                passes["forwards"] += cost["forwards"]
-                passes["backwards"] += cost["backwards"]
-                verdict = verify(model, x[b], y[b], result.x_adv, eps=eps, norm=attack.norm)
-                robust[b] = ~verdict.success
-                out["rejected"] += verdict.rejected
-                _merge_info(out["info"], result.info, len(b))
-                if pool is not None:
-                    pool.add(b, result.x_adv, verdict.success, attack_name)
-    except Exception as exc:  # noqa: BLE001 - an attack's failure must not stop the grid
-        out.update(status="error", error=f"{type(exc).__name__}: {exc}"[:500], robust_acc=None)
-    else:
-        out.update(status="ok", error=None, robust_acc=int(robust.sum()) / len(robust))
+    robust = clean_correct.clone()
+    cost = {"seconds": 0.0, "forwards": 0, "backwards": 0}
+    batch = min(batch_size, max(len(idx), 1))
+    for retry in (False, True):
+        robust = clean_correct.clone()
+        cost = {"seconds": 0.0, "forwards": 0, "backwards": 0}
+        out.update(rejected=0, info={"oom_batch_size": batch} if retry else {})
+        try:
+            _attack_batches(attack, model, x, y, idx, robust, out, cost, eps=eps, seed=seed,
+                            device=device, batch_size=batch, pool=pool,
+                            searches=None if retry else searches)
+        except torch.OutOfMemoryError as exc:
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            if not retry and batch > 1:
+                batch = max(batch // 2, 1)
+                continue
+            out.update(status="error", error=f"{type(exc).__name__}: {exc}"[:500],
+                       robust_acc=None)
+        except Exception as exc:  # noqa: BLE001 - an attack's failure must not stop the grid
+            out.update(status="error", error=f"{type(exc).__name__}: {exc}"[:500],
+                       robust_acc=None)
+        else:
+            out.update(status="ok", error=None, robust_acc=int(robust.sum()) / len(robust))
+        break
     n_att = max(len(idx), 1)
     out.update(
         robust=[int(v) for v in robust.tolist()],
         clean_correct=[int(v) for v in clean_correct.tolist()],
-        seconds=round(seconds, 6),
-        seconds_per_sample=seconds / n_att,
-        forwards_per_sample=passes["forwards"] / n_att,
-        backwards_per_sample=passes["backwards"] / n_att,
+        seconds=round(cost["seconds"], 6),
+        seconds_per_sample=cost["seconds"] / n_att,
+        forwards_per_sample=cost["forwards"] / n_att,
+        backwards_per_sample=cost["backwards"] / n_att,
     )
     return out
+
+
+def _attack_batches(
+    attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
+    robust: torch.Tensor, out: dict, cost: dict, *, eps: float, seed: int, device: str,
+    batch_size: int, pool: StartPool | None, searches: dict | None,
+) -> None:
+    """The batches of one attack cell: attack, verify, and fill ``robust``, ``out``, ``cost``."""
+    counted = CountingModel(model).eval()
+    with torch.random.fork_rng(devices=[torch.device(device)] if device != "cpu" else []), \
+            frozen_parameters(model):
+        torch.manual_seed(seed)
+        gen = torch.Generator(device=device).manual_seed(seed)
+        if len(idx) and hasattr(attack, "warm_up"):
+            attack.warm_up()  # one-off per process (e.g. numba compilation): not timed
+        for start in range(0, len(idx), batch_size):
+            b = idx[start : start + batch_size]
+            if isinstance(attack, StartingPointAttack):
+                if pool is None:
+                    starts, valid, counts = x[b], torch.zeros_like(b, dtype=torch.bool), {
+                        "starts_none": len(b)}
+                else:
+                    starts, valid, counts = pool.starts(model, b, x[b], y[b], attack.norm)
+                attack.set_starts(starts, valid)
+                _merge_info(out["info"], counts, 0)
+            if isinstance(attack, MinimumNormAttack) and searches is not None:
+                if start not in searches:  # the first ε of this attack: search once
+                    searches[start] = _measured(
+                        lambda b=b: attack.search(counted, x[b], y[b], generator=gen),
+                        counted, device)
+                found, spent = searches[start]
+                result = AttackResult(attack.restrict(x[b], found.x_adv, eps), found.info)
+                out["info"]["search_shared_across_eps"] = True
+            else:
+                result, spent = _measured(
+                    lambda b=b: attack(counted, x[b], y[b], eps=eps, generator=gen),
+                    counted, device)
+            for k in cost:
+                cost[k] += spent[k]
+            verdict = verify(model, x[b], y[b], result.x_adv, eps=eps, norm=attack.norm)
+            robust[b] = ~verdict.success
+            out["rejected"] += verdict.rejected
+            _merge_info(out["info"], result.info, len(b))
+            if pool is not None:
+                pool.add(b, result.x_adv, verdict.success, attack.name)
 
 
 def _measured(call: Callable[[], AttackResult], counted: CountingModel, device: str
@@ -380,114 +420,326 @@ def _merge_info(acc: dict, info: dict, weight: int) -> None:
             acc[k] = acc[k] + (v - acc[k]) * weight / acc["_w"]
 
 
-def evaluate_cells(
-    model: nn.Module, *, model_name: str, model_sha256: str, suite: str, dataset: Dataset,
-    attacks: list[str], eps: dict[str, list[float]], n: int, seed: int, device: str,
-    known: dict[str, CellRecord] | None = None, force: bool = False,
-    on_record: Callable[[CellRecord], None] | None = None,
-    on_skip: Callable[[], None] | None = None, progress: tqdm | None = None,
-    limits: dict[str, tuple[list[float], int]] | None = None,
-) -> Iterator[CellRecord]:
-    """Yield one verified CellRecord per (attack, ε) for a model already in eval mode.
+@dataclass(frozen=True)
+class PlannedCell:
+    """One (attack, ε) cell of a model as planned: what identifies it apart from the weights."""
 
-    ``limits`` (see :class:`Grid`) gives attacks their own ε values and sample count ``n_a``
-    ≤ ``n``; such an attack runs on the first ``n_a`` test points.
-    """
-    known = known or {}
+    attack: str
+    norm: str
+    eps: float
+    n: int  # runs on the first n test points
+    attack_config: dict
+    inputs_sha256: str
+
+    def key(self, model_sha256: str, seed: int) -> str:
+        return cell_key(model_sha256=model_sha256, attack_config=self.attack_config,
+                        norm=self.norm, eps=self.eps, n=self.n,
+                        inputs_sha256=self.inputs_sha256, seed=seed)
+
+
+def plan_cells(dataset: Dataset, attacks: list[str], eps: dict[str, list[float]], n: int,
+               limits: dict[str, tuple[list[float], int]] | None = None) -> list[PlannedCell]:
+    """The cells of one model in run order; ``limits`` (see :class:`Grid`) give attacks their
+    own ε values and a sample count ``n_a`` ≤ ``n`` (the first ``n_a`` test points)."""
     limits = limits or {}
-    x, y = (t.to(device) for t in dataset.test_subset(n))
-    with torch.no_grad():
-        clean_correct = model(x).argmax(1) == y
-    pools: dict[tuple[str, float], StartPool] = {}
-    train = (dataset.train_x, dataset.train_y)
+    hashes: dict[int, str] = {}
+    out = []
     for attack_name in run_order(list(attacks)):
         attack = create_attack(attack_name)
         eps_a, n_a = limits.get(attack_name, (eps.get(attack.norm, []), n))
         if n_a > n:
             raise QBenchError(f"attack {attack_name} asks for {n_a} test points, more than the "
                               f"grid's {n}")
-        inputs_sha = tensor_sha256(*dataset.test_subset(n_a))
-        clean_acc = int(clean_correct[:n_a].sum()) / n_a
-        searches: dict = {}  # a minimum-norm attack searches once for all its ε
-        for e in eps_a:
-            key = cell_key(model_sha256=model_sha256, attack_config=attack.config(),
-                           norm=attack.norm, eps=e, n=n_a, inputs_sha256=inputs_sha, seed=seed)
-            if progress is not None:
-                progress.set_postfix_str(f"{model_name} {attack_name} ε={e:g}")
-            if key in known and not force:
+        if n_a not in hashes:
+            hashes[n_a] = tensor_sha256(*dataset.test_subset(n_a))
+        out.extend(PlannedCell(attack_name, attack.norm, float(e), n_a, attack.config(),
+                               hashes[n_a]) for e in eps_a)
+    return out
+
+
+class StageError(RuntimeError):
+    """A model failed before its cells could run (training, calibration, clean pass)."""
+
+    def __init__(self, stage: str, exc: BaseException) -> None:
+        self.stage = stage
+        super().__init__(f"{stage} failed: {type(exc).__name__}: {exc}"[:500])
+
+
+#: What a gate says of a cell: compute it, it is recorded, or another process is on it.
+RUN, DONE, BUSY = "run", "done", "busy"
+Gate = Callable[[str], contextlib.AbstractContextManager[str]]
+
+
+def clean_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: int
+               ) -> torch.Tensor:
+    """Which test points the model classifies correctly; refuses logits of the wrong shape."""
+    with torch.no_grad():
+        logits = model(x)
+    if not isinstance(logits, torch.Tensor) or logits.shape != (len(x), classes):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
+        raise QBenchError(f"the model returned {shape} for {len(x)} inputs; expected logits "
+                          f"of shape ({len(x)}, {classes})")
+    return logits.argmax(1) == y
+
+
+def evaluate_cells(
+    model: nn.Module, *, model_name: str, model_sha256: str, suite: str, dataset: Dataset,
+    attacks: list[str], eps: dict[str, list[float]], n: int, seed: int, device: str,
+    gate: Gate | None = None, on_record: Callable[[CellRecord], None] | None = None,
+    on_skip: Callable[[str, str], None] | None = None, progress: tqdm | None = None,
+    limits: dict[str, tuple[list[float], int]] | None = None,
+) -> Iterator[CellRecord]:
+    """Yield one verified CellRecord per (attack, ε) for a model already in eval mode.
+
+    ``limits`` (see :class:`Grid`) gives attacks their own ε values and sample count ``n_a``
+    ≤ ``n``; such an attack runs on the first ``n_a`` test points. ``gate(key)`` (optional)
+    decides per cell whether to compute it (:data:`RUN`) or to skip it (``on_skip(key,
+    state)`` is called), and is held while the cell is computed and recorded (``on_record``).
+    A failing clean pass raises :class:`StageError`.
+    """
+    plan = plan_cells(dataset, attacks, eps, n, limits)
+    try:
+        x, y = (t.to(device) for t in dataset.test_subset(n))
+        clean_correct = clean_pass(model, x, y, dataset.num_classes)
+    except Exception as exc:  # noqa: BLE001 - reported as error cells by the caller
+        raise StageError("clean pass", exc) from exc
+    pools: dict[tuple[str, float], StartPool] = {}
+    searches: dict[str, dict] = {}  # a minimum-norm attack searches once for all its ε
+    train = (dataset.train_x, dataset.train_y)
+    for cell in plan:
+        key = cell.key(model_sha256, seed)
+        if progress is not None:
+            progress.set_postfix_str(f"{model_name} {cell.attack} ε={cell.eps:g}")
+        with gate(key) if gate is not None else contextlib.nullcontext(RUN) as state:
+            if state != RUN:
                 if on_skip:
-                    on_skip()
-                if progress is not None:
+                    on_skip(key, state)
+                if progress is not None and state == DONE:
                     progress.update()
                 continue
-            pool = pools.setdefault((attack.norm, float(e)), StartPool(n, train))
-            measured = attack_cell(model, x[:n_a], y[:n_a], clean_correct[:n_a],
-                                   attack_name=attack_name, eps=e,
-                                   seed=cell_seed(seed, model_name, attack_name, e),
-                                   device=device, pool=pool, searches=searches)
+            pool = pools.setdefault((cell.norm, cell.eps), StartPool(n, train))
+            measured = attack_cell(model, x[:cell.n], y[:cell.n], clean_correct[:cell.n],
+                                   attack_name=cell.attack, eps=cell.eps,
+                                   seed=cell_seed(seed, model_name, cell.attack, cell.eps),
+                                   device=device, pool=pool,
+                                   searches=searches.setdefault(cell.attack, {}))
             measured["info"].pop("_w", None)
-            record = CellRecord(
-                key=key, suite=suite, dataset=dataset.name, model=model_name,
-                model_sha256=model_sha256, attack=attack_name, eps=float(e), n=n_a,
-                clean_acc=clean_acc, device=device, seed=seed, inputs_sha256=inputs_sha,
-                versions=provenance.versions(), hardware=provenance.hardware(device),
-                created=provenance.now(), **measured,
-            ).validate()
+            measured["info"] = finite(measured["info"])
+            record = _cell_record(
+                measured, cell, key=key, suite=suite, dataset=dataset.name, model=model_name,
+                model_sha256=model_sha256, seed=seed, device=device,
+                clean_acc=int(clean_correct[:cell.n].sum()) / cell.n)
             if on_record:
                 on_record(record)
             if progress is not None:
                 progress.update()
-            yield record
+        yield record
+
+
+def _cell_record(measured: dict, cell: PlannedCell, **fields) -> CellRecord:
+    """A validated record of a measured cell; one that fails validation becomes an error cell
+    with the reason (the grid goes on)."""
+    common = dict(attack=cell.attack, eps=cell.eps, n=cell.n, inputs_sha256=cell.inputs_sha256,
+                  versions=provenance.versions(), hardware=provenance.hardware(fields["device"]),
+                  created=provenance.now(), host=provenance.host(), **fields)
+    try:
+        return CellRecord(**common, **measured).validate()
+    except (RecordError, TypeError, ValueError) as exc:
+        failed = {**measured, "status": "error", "robust_acc": None,
+                  "error": f"invalid record: {exc}"[:500], "info": {}}
+        failed["robust"] = list(failed["clean_correct"])
+        return CellRecord(**common, **failed).validate()
+
+
+def error_cells(plan: list[PlannedCell], reason: str, **fields) -> list[CellRecord]:
+    """Error records for planned cells that could not run because their model failed."""
+    return [CellRecord(
+        key=cell.key(fields["model_sha256"], fields["seed"]), attack=cell.attack,
+        attack_config=cell.attack_config, norm=cell.norm, eps=cell.eps, n=cell.n,
+        n_attacked=0, clean_acc=None, robust_acc=None, seconds=0.0, seconds_per_sample=0.0,
+        robust=[], clean_correct=[], inputs_sha256=cell.inputs_sha256, status="error",
+        error=reason, versions=provenance.versions(),
+        hardware=provenance.hardware(fields["device"]), created=provenance.now(),
+        host=provenance.host(), **fields,
+    ).validate() for cell in plan]
+
+
+class Recorder:
+    """The driver's side of a run, and the only writer of its records.
+
+    Holds the suite's :class:`results.store.CellLog`, the run's summary and progress bar.
+    ``since`` is empty, or with ``force`` the run's start: cells recorded ``ok`` after it
+    count as done.
+    """
+
+    def __init__(self, grid: Grid, *, results_root: Path | None, force: bool, progress: bool
+                 ) -> None:
+        self.grid, self.force = grid, force
+        self.mpath = models_path(grid.suite, results_root)
+        latest_cells(grid.suite, results_root)  # a corrupt records file stops here
+        self.known_models = latest_models(grid.suite, results_root)
+        self.log = CellLog(cells_path(grid.suite, results_root))
+        self.log.refresh()
+        self.since = provenance.now() if force else ""
+        self.summary = RunSummary()
+        self.bar = tqdm(total=len(grid.cells()), desc=f"suite {grid.suite}", unit="cell",
+                        disable=not progress)
+
+    def done(self, key: str) -> bool:
+        return self.log.done(key, self.since)
+
+    def record(self, r: CellRecord) -> None:
+        """Append a finished cell (unless recorded meanwhile) and count it."""
+        if self.log.append(r, self.since):
+            self.summary.records.append(r)
+            self.summary.errors += r.status == "error"
+        elif r.status == "error":  # kept out: an error never replaces an ok record
+            self.summary.errors += 1
+            self.summary.failures.append(
+                f"{r.model} {r.attack} {r.norm} ε={r.eps:g}: {r.error} (not recorded: the "
+                "cell's earlier ok record stands)")
+        else:
+            self.summary.shared += 1
+
+    def fail(self, name: str, sha: str, reason: str, plan: list[PlannedCell], device: str
+             ) -> None:
+        """A model stage failed: error records for its cells that are not done."""
+        self.summary.failures.append(f"{name}: {reason}")
+        mine = {r.key for r in self.summary.records}
+        todo = [c for c in plan if c.key(sha, self.grid.seed) not in mine
+                and not self.done(c.key(sha, self.grid.seed))]
+        for r in error_cells(todo, reason, suite=self.grid.suite, dataset=self.grid.dataset,
+                             model=name, model_sha256=sha, device=device, seed=self.grid.seed):
+            self.record(r)
+            self.bar.update()
+
+    def wants_model_record(self, name: str, sha: str) -> bool:
+        """Whether the model's record (card, clean accuracy, diagnostics) is to be written:
+        none of these weights and n is recorded yet (re-read: another process may have)."""
+        if self.force:
+            return True
+        self.known_models.update(latest_models_in(self.mpath))
+        prev = self.known_models.get(name)
+        return (prev is None or prev.model_sha256 != sha or prev.n != self.grid.n
+                or not prev.diagnostics)
+
+    def model_done(self, name: str, sha: str, describe: Callable[[], ModelRecord]) -> None:
+        """Write the model's record; ``describe`` computes it, in one process of those that
+        run the grid at once (the others leave it to the one holding its claim)."""
+        claim = self.log.claim(f"model-{name}-{sha}", wait=False)
+        if claim is None:
+            return
+        try:
+            if self.wants_model_record(name, sha):
+                append_model(self.mpath, describe())
+        except Exception as exc:  # noqa: BLE001 - the cells are recorded; say what failed
+            self.summary.failures.append(f"{name}: diagnostics failed: {type(exc).__name__}: "
+                                         f"{exc}"[:500])
+        finally:
+            claim.release()
 
 
 def run_grid(
     grid: Grid, *, device: str = "auto", results_root: Path | None = None, force: bool = False,
     retrain: bool = False, progress: bool = True, data_root: str | None = None,
-    max_train_steps: int | None = None,
+    max_train_steps: int | None = None, executor: str = "local", ray_address: str | None = None,
+    gpus_per_task: float = 0.0, threads_per_task: int = 1,
 ) -> RunSummary:
     """Run a grid, appending each finished cell to ``<results_root>/<suite>.cells.jsonl``.
 
-    ``max_train_steps`` caps the training of models not yet cached (a smoke run, see
-    :func:`zoo.get_model`).
+    Cells recorded ``ok`` are skipped (with ``force``: those recorded after this run started).
+    A model whose training, calibration or clean pass fails gets error records for its cells
+    and the grid goes on; error cells are retried by the next run. ``max_train_steps`` caps
+    the training of models not yet cached (a smoke run, see :func:`zoo.get_model`).
+
+    ``executor="local"`` computes every cell in this process. Several such processes may run
+    one grid into one folder at once: each cell is claimed by the process computing it, others
+    skip it on their first pass and, at the end, wait for it (and compute it themselves if its
+    claimant died without recording it). ``executor="ray"`` sends one task per (model, attack)
+    to a Ray cluster (``ray_address``; see :mod:`bench.distributed`) and records what the tasks
+    return: the same cells, keys and records.
     """
+    if executor not in ("local", "ray"):
+        raise QBenchError(f"unknown executor {executor!r}; allowed: local, ray")
+    if executor == "ray":
+        from bench.distributed import run_on_ray
+
+        rec = Recorder(grid, results_root=results_root, force=force, progress=progress)
+        try:
+            run_on_ray(grid, rec, address=ray_address, gpus_per_task=gpus_per_task,
+                       threads_per_task=threads_per_task, retrain=retrain, data_root=data_root,
+                       max_train_steps=max_train_steps, progress=progress)
+        finally:
+            rec.bar.close()
+        return rec.summary
     device = resolve_device(device)
-    cpath, mpath = cells_path(grid.suite, results_root), models_path(grid.suite, results_root)
-    known = latest_cells(grid.suite, results_root)
-    known_models = latest_models(grid.suite, results_root)
+    rec = Recorder(grid, results_root=results_root, force=force, progress=progress)
     data = load_dataset(grid.dataset, data_root)
-    summary = RunSummary()
-    cells = grid.cells()
-    bar = tqdm(total=len(cells), desc=f"suite {grid.suite}", unit="cell", disable=not progress)
+    deferred: dict[str, set[str]] = {}
 
-    def record(r: CellRecord) -> None:
-        append(cpath, r)
-        summary.records.append(r)
-        summary.errors += r.status == "error"
+    def gate(key: str, *, wait: bool = False, only: set[str] | None = None):
+        @contextlib.contextmanager
+        def held() -> Iterator[str]:
+            if only is not None and key not in only:
+                yield "other"
+                return
+            rec.log.refresh()
+            claim = None if rec.done(key) else rec.log.claim(key, wait=wait)
+            if claim is None:
+                yield DONE if rec.done(key) else BUSY
+                return
+            try:
+                rec.log.refresh()
+                yield DONE if rec.done(key) else RUN
+            finally:
+                claim.release()
+        return held()
 
-    def skip() -> None:
-        summary.skipped += 1
-
-    try:
-        for name in grid.models:
+    def run_model(name: str, gate_of: Callable[[str], contextlib.AbstractContextManager[str]],
+                  on_skip: Callable[[str, str], None]) -> None:
+        plan = plan_cells(data, grid.attacks, grid.eps, grid.n, grid.limits.get(name, {}))
+        sha, stage = "", "training"
+        try:
             model, card = get_model(name, device=device, retrain=retrain, progress=progress,
                                     data_root=data_root, max_train_steps=max_train_steps)
-            sha = card["weights_sha256"]
+            sha, stage = card["weights_sha256"], "calibration"
             calibrate(model, data, device)  # NJS β1 on the first 101 test images
-            # consume the generator: records are appended one by one as cells finish
             for _ in evaluate_cells(
                 model, model_name=name, model_sha256=sha, suite=grid.suite, dataset=data,
                 attacks=grid.attacks, eps=grid.eps, n=grid.n, seed=grid.seed, device=device,
-                known=known, force=force, on_record=record, on_skip=skip, progress=bar,
+                gate=gate_of, on_record=rec.record, on_skip=on_skip, progress=rec.bar,
                 limits=grid.limits.get(name, {}),
             ):
-                pass
-            prev = known_models.get(name)
-            if (force or prev is None or prev.model_sha256 != sha or prev.n != grid.n
-                    or not prev.diagnostics):
-                append(mpath, model_record(model, name, sha, card, grid, data, device))
+                pass  # each record is appended as its cell finishes
+        except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the grid
+            reason = str(exc) if isinstance(exc, StageError) else \
+                StageError(stage, exc).args[0]
+            rec.fail(name, sha, reason, plan, device)
+            return
+        if rec.wants_model_record(name, sha):
+            rec.model_done(name, sha,
+                           lambda: model_record(model, name, sha, card, grid, data, device))
+
+    def first_pass_skip(name: str) -> Callable[[str, str], None]:
+        def skip(key: str, state: str) -> None:
+            if state == BUSY:
+                deferred.setdefault(name, set()).add(key)
+            else:
+                rec.summary.skipped += 1
+        return skip
+
+    def second_pass_skip(key: str, state: str) -> None:
+        if state == DONE:
+            rec.summary.shared += 1
+
+    try:
+        for name in grid.models:
+            run_model(name, gate, first_pass_skip(name))
+        for name, keys in deferred.items():  # cells other processes held: wait, then check
+            run_model(name, lambda k, keys=keys: gate(k, wait=True, only=keys), second_pass_skip)
     finally:
-        bar.close()
-    return summary
+        rec.bar.close()
+    return rec.summary
 
 
 def model_record(model: nn.Module, name: str, sha: str, card: dict, grid: Grid, data: Dataset,

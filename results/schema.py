@@ -35,7 +35,7 @@ class CellRecord:
     eps: float
     n: int  # test points in the cell
     n_attacked: int  # of which correctly classified, hence attacked
-    clean_acc: float
+    clean_acc: float | None  # None only for an error before the clean pass
     robust_acc: float | None  # None when the attack failed with an error
     seconds: float  # wall time of the attack on the attacked points
     seconds_per_sample: float  # seconds / n_attacked
@@ -43,6 +43,7 @@ class CellRecord:
     seed: int
     robust: list[int]  # per test point: 1 = still correct after the attack, 0 = broken or wrong
     clean_correct: list[int]  # per test point: 1 = correct on the clean input
+    # (both empty in an error cell whose model failed before its clean pass)
     inputs_sha256: str  # hash of the exact test inputs and labels
     status: str = "ok"  # "ok" or "error"
     error: str | None = None
@@ -54,6 +55,7 @@ class CellRecord:
     hardware: str = ""
     created: str = ""  # UTC ISO time
     schema_version: int = SCHEMA_VERSION
+    host: str = ""  # the machine that computed the cell (records before it existed: "")
 
     def validate(self) -> CellRecord:
         _check_types(self)
@@ -63,7 +65,10 @@ class CellRecord:
             raise RecordError(f"status must be 'ok' or 'error', got {self.status!r}")
         if not (math.isfinite(self.eps) and self.eps >= 0):
             raise RecordError(f"eps must be a finite number >= 0, got {self.eps!r}")
-        if (not 0 <= self.n_attacked <= self.n or len(self.robust) != self.n
+        early_error = (self.status == "error" and not self.robust and not self.clean_correct
+                       and self.n_attacked == 0)
+        if not early_error and (
+                not 0 <= self.n_attacked <= self.n or len(self.robust) != self.n
                 or len(self.clean_correct) != self.n or sum(self.clean_correct) != self.n_attacked):
             raise RecordError(f"n={self.n}, n_attacked={self.n_attacked}, len(robust)="
                               f"{len(self.robust)} and clean_correct are inconsistent")
@@ -71,7 +76,10 @@ class CellRecord:
             raise RecordError("robust and clean_correct must hold only 0 and 1")
         if any(r > c for r, c in zip(self.robust, self.clean_correct, strict=True)):
             raise RecordError("a point is robust but not correct on its clean input")
-        _check_fraction("clean_acc", self.clean_acc)
+        if self.clean_acc is not None:
+            _check_fraction("clean_acc", self.clean_acc)
+        elif not early_error:
+            raise RecordError("clean_acc is required once the clean pass ran")
         if self.status == "ok":
             if self.robust_acc is None:
                 raise RecordError("robust_acc is required when status is 'ok'")
@@ -164,3 +172,15 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
 
 def to_dict(record: Any) -> dict[str, Any]:
     return asdict(record)
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float inside it (dicts, lists) replaced by None:
+    JSON has no such numbers, and a record stores an undefined number as null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value

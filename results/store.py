@@ -1,14 +1,25 @@
-"""Append-only JSON Lines storage of records.
+"""Append-only JSON Lines storage of records, safe with several writers.
 
 Each finished cell is appended (and fsynced) at once, so an interrupted run loses nothing.
-A re-run with ``--force`` appends a newer record with the same key; readers keep the last.
-Files are never rewritten by the runner.
+Several processes may append to one file: every append takes an exclusive lock on
+``<file>.lock``, repairs the tail a killed writer may have left, re-reads what others appended
+since, and skips a cell whose key is already recorded as ``ok``. Processes that run the same
+grid share its cells through claims (:meth:`CellLog.claim`): a cell claimed by a live process
+is left to it, and the claim of a process that died is free again (the operating system drops
+the lock of a dead process). Files are never rewritten; a record is only ever appended.
+
+Only ``ok`` cells count as done. An ``error`` cell is kept as a record of what went wrong,
+is retried by the next run and never replaces an ``ok`` cell of the same key.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +28,7 @@ import pandas as pd
 from results.schema import CellRecord, ModelRecord, RecordError, from_dict, to_dict
 
 RECORDS_DIR = Path(__file__).resolve().parent / "records"
+CLAIMS_DIR = ".claims"  # inside the records folder, next to the files it guards
 
 
 def cells_path(suite: str, root: Path | None = None) -> Path:
@@ -27,20 +39,44 @@ def models_path(suite: str, root: Path | None = None) -> Path:
     return (root or RECORDS_DIR) / f"{suite}.models.jsonl"
 
 
-def append(path: Path, record: CellRecord | ModelRecord) -> None:
-    """Validate and append one record as one line, flushed to disk."""
-    record.validate()
-    line = json.dumps(to_dict(record), sort_keys=True, allow_nan=False)
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold the exclusive lock of a records file (an advisory ``flock`` on ``<file>.lock``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    _drop_partial_tail(path)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line + "\n")
+    fd = os.open(f"{path}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _encode(record: CellRecord | ModelRecord) -> bytes:
+    record.validate()
+    return (json.dumps(to_dict(record), sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+def _write(path: Path, line: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(line)
         f.flush()
         os.fsync(f.fileno())
 
 
-def _drop_partial_tail(path: Path) -> None:
-    """Remove a half-written last line (a run killed mid-write); finished lines end in \\n."""
+def append(path: Path, record: CellRecord | ModelRecord) -> None:
+    """Validate and append one record as one line, under the file's lock, flushed to disk."""
+    line = _encode(record)
+    with locked(path):
+        repair_tail(path)
+        _write(path, line)
+
+
+def repair_tail(path: Path) -> None:
+    """Make the file end in a newline; call under the lock.
+
+    A last line without its newline is either a complete record (kept and completed) or a
+    record a killed writer left half-written (cut off: finished lines end in ``\\n``).
+    """
     if not path.exists() or path.stat().st_size == 0:
         return
     with open(path, "rb+") as f:
@@ -49,7 +85,40 @@ def _drop_partial_tail(path: Path) -> None:
             return
         f.seek(0)
         data = f.read()
-        f.truncate(data.rfind(b"\n") + 1)
+        start = data.rfind(b"\n") + 1
+        if _parses(data[start:]):
+            f.seek(0, os.SEEK_END)
+            f.write(b"\n")
+        else:
+            f.truncate(start)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _parses(blob: bytes) -> bool:
+    try:
+        return isinstance(json.loads(blob.decode("utf-8")), dict)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every record line; a last line without newline only if whole."""
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    tail = lines.pop()  # b"" when the file ends in a newline
+    if tail and _parses(tail):
+        lines.append(tail)
+    for lineno, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            yield lineno, raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RecordError(
+                f"corrupt records file {path}, line {lineno}: not UTF-8 text (byte "
+                f"{exc.start}). Nothing was run or written; fix or remove that line (the other "
+                "lines are intact)") from None
 
 
 def read(path: Path, cls: type) -> list[Any]:
@@ -57,26 +126,141 @@ def read(path: Path, cls: type) -> list[Any]:
     if not path.exists():
         return []
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip() or not line.endswith("\n"):
-                continue  # blank, or a half-written last line of a killed run: not a record
-            try:
-                out.append(from_dict(cls, json.loads(line)))
-            except (json.JSONDecodeError, RecordError) as exc:
-                raise RecordError(
-                    f"corrupt records file {path}, line {lineno}: {exc}. Nothing was run or "
-                    "written; fix or remove that line (the other lines are intact)") from None
+    for lineno, line in _lines(path):
+        try:
+            out.append(from_dict(cls, json.loads(line)))
+        except (json.JSONDecodeError, RecordError) as exc:
+            raise RecordError(
+                f"corrupt records file {path}, line {lineno}: {exc}. Nothing was run or "
+                "written; fix or remove that line (the other lines are intact)") from None
     return out
 
 
 def latest_cells(suite: str, root: Path | None = None) -> dict[str, CellRecord]:
-    """Cells by key, the last record of each key winning."""
-    return {r.key: r for r in read(cells_path(suite, root), CellRecord)}
+    """Cells by key: the last ``ok`` record of each key, else its last (error) record."""
+    out: dict[str, CellRecord] = {}
+    for r in read(cells_path(suite, root), CellRecord):
+        if r.status == "ok" or out.get(r.key) is None or out[r.key].status != "ok":
+            out[r.key] = r
+    return out
 
 
 def latest_models(suite: str, root: Path | None = None) -> dict[str, ModelRecord]:
-    return {r.model: r for r in read(models_path(suite, root), ModelRecord)}
+    return latest_models_in(models_path(suite, root))
+
+
+def latest_models_in(path: Path) -> dict[str, ModelRecord]:
+    """Model records by model name, the last one winning."""
+    return {r.model: r for r in read(path, ModelRecord)}
+
+
+class Claim:
+    """A cell this process is computing: an exclusive ``flock`` on its claim file."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path, self._fd = path, fd
+
+    def release(self) -> None:
+        if self._fd < 0:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)  # while still locked: a waiter sees the file is gone
+        os.close(self._fd)
+        self._fd = -1
+
+
+class CellLog:
+    """One suite's cells file as several processes share it.
+
+    Keeps the keys of ``ok`` cells seen so far and reads only what was appended since
+    (:meth:`refresh`). :meth:`append` checks under the lock that the key is not recorded yet.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._lineno = 0
+        self._ok: dict[str, str] = {}  # key -> creation time of its latest ok record
+
+    def refresh(self) -> None:
+        """Read the complete lines appended since the last call."""
+        if not self.path.exists():
+            return
+        with open(self.path, "rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        for raw in data[:end].split(b"\n")[:-1]:
+            self._lineno += 1
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+                key, status, created = obj["key"], obj["status"], obj.get("created", "")
+            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+                raise RecordError(
+                    f"corrupt records file {self.path}, line {self._lineno}: not a cell record. "
+                    "Fix or remove that line (the other lines are intact)") from None
+            if status == "ok":
+                self._ok[key] = max(created, self._ok.get(key, ""))
+        self._offset += end
+
+    def done(self, key: str, since: str = "") -> bool:
+        """Whether an ``ok`` record of ``key`` was seen (created after ``since``, if given)."""
+        created = self._ok.get(key)
+        return created is not None and (not since or created > since)
+
+    def append(self, record: CellRecord, since: str = "") -> bool:
+        """Append unless the key is already recorded ``ok`` (after ``since``, if given); an error
+        record never follows an ``ok`` one. Returns whether the record was written."""
+        line = _encode(record)
+        with locked(self.path):
+            repair_tail(self.path)
+            self.refresh()
+            if self.done(record.key, since) or (
+                    record.status != "ok" and record.key in self._ok):
+                return False
+            _write(self.path, line)
+            self.refresh()
+        return True
+
+    def claim(self, key: str, *, wait: bool) -> Claim | None:
+        """Claim a cell; None when another live process holds it (and ``wait`` is False).
+
+        With ``wait`` the call blocks until the holder releases the claim or dies.
+        """
+        folder = self.path.parent / CLAIMS_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.path.name}.{key}"
+        while True:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            try:  # the holder may have released (and removed) the file while we waited
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+                return Claim(path, fd)
+            os.close(fd)
+
+
+def append_model(path: Path, record: ModelRecord) -> bool:
+    """Append a model record unless one of the same weights, n and diagnostics is the latest."""
+    line = _encode(record)
+    with locked(path):
+        repair_tail(path)
+        prev = latest_models_in(path).get(record.model)
+        if (prev is not None and prev.model_sha256 == record.model_sha256
+                and prev.n == record.n and prev.diagnostics):
+            return False
+        _write(path, line)
+    return True
 
 
 def list_suites(root: Path | None = None) -> list[str]:
@@ -94,8 +278,9 @@ MEASURED = ["suite", "model", "model_sha256", "attack", "norm", "eps", "n", "see
 def load(suite: str | None = None, root: Path | str | None = None) -> pd.DataFrame:
     """All (or one suite's) current cell records as a DataFrame, one row per cell.
 
-    Of the cells of one measurement (:data:`MEASURED`) only the most recently created is
-    current; the last record of a key wins.
+    Of the ``ok`` cells of one measurement (:data:`MEASURED`) only the most recently created
+    is current. An error cell is current only where its measurement (any weights of the
+    model) has no ``ok`` cell: errors never hide a result.
     """
     root = Path(root) if root is not None else None
     suites = [suite] if suite else list_suites(root)
@@ -105,7 +290,13 @@ def load(suite: str | None = None, root: Path | str | None = None) -> pd.DataFra
     if frame.empty:
         return frame
     order = frame.sort_values("created", kind="stable")
-    current = order.drop_duplicates(MEASURED, keep="last").index
+    ok = order[order["status"] == "ok"].drop_duplicates(MEASURED, keep="last")
+    unweighted = [k for k in MEASURED if k != "model_sha256"]
+    answered = set(map(tuple, ok[unweighted].itertuples(index=False)))
+    errors = order[order["status"] != "ok"].drop_duplicates(unweighted, keep="last")
+    errors = errors[[tuple(r) not in answered
+                     for r in errors[unweighted].itertuples(index=False)]]
+    current = set(ok.index) | set(errors.index)
     return frame.loc[frame.index.isin(current)].reset_index(drop=True)
 
 

@@ -377,8 +377,6 @@ def test_corrupt_records_line_is_one_line(case, command, records, capsys):
     assert "mnist5k.cells.jsonl, line 2" in err, err
 
 
-@pytest.mark.xfail(strict=True, reason="store fix by lead: results.store.read opens records "
-                   "as UTF-8 text, so invalid UTF-8 raises UnicodeDecodeError, not RecordError")
 def test_invalid_utf8_in_records_is_one_line(records, capsys):
     _corrupt_records(records, b'{"suite": "\xff\xfe"}\n')
     code, err = _run_cli(["board", "--suite", "mnist5k"], records, capsys)

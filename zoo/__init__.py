@@ -20,3 +20,7 @@ __all__ = [
     "UnknownNameError", "get_model", "list_datasets", "list_models", "load_dataset",
     "model_spec", "register_model", "tensor_sha256",
 ]
+
+from zoo.plugins import load_plugins as _load_plugins  # noqa: E402
+
+_load_plugins()  # models of installed packages (entry-point group "qbench.models")

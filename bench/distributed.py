@@ -1,0 +1,226 @@
+"""The Ray executor: the same grid, records and resume on many CPUs, GPUs and machines.
+
+The driver (the process that runs ``python -m bench run --executor ray``) plans the grid as
+the local executor does (the same cells, keys and suite limits; cells recorded ``ok`` are
+skipped), trains or loads each model once and puts its weights file and card into Ray's
+object store. It then sends one task per (model, attack) holding the cells of that attack not
+yet recorded, at all its ε (a minimum-norm attack searches once for all of them, as locally).
+A task is a pure function of its inputs: it rebuilds the network from the zoo by name, checks
+the weights against the card's sha256, calibrates NJS β1 on the first 101 test images, runs
+the cells exactly as :func:`bench.runner.evaluate_cells` does locally and returns their
+records. The driver is the only writer of the records, so resume, keys and
+:func:`results.load` are unchanged; a rerun of a killed driver's command resumes it.
+
+Faults. Ray reruns a task whose worker died (``max_retries``); a task that raises or is lost
+for good becomes error cells, as locally, and is retried by the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from dataclasses import dataclass
+
+import torch
+from safetensors.torch import load as load_safetensors
+from torch import nn
+
+from bench.calibrate import calibrate
+from bench.runner import (
+    RUN,
+    Grid,
+    PlannedCell,
+    Recorder,
+    StageError,
+    error_cells,
+    evaluate_cells,
+    model_record,
+    plan_cells,
+)
+from results import CellRecord, ModelRecord
+from zoo import get_model, load_dataset, model_spec
+from zoo.data import Dataset
+from zoo.errors import CorruptWeightsError, QBenchError
+from zoo.store import paths_for
+
+#: A task whose worker process died is run again this many times before its cells are errors.
+MAX_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One task: the cells of one attack on one model that are not recorded yet."""
+
+    model: str
+    attack: str
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """A trained model as it travels to the workers: its weights file and its card."""
+
+    name: str
+    blob: bytes
+    card: dict
+
+    @property
+    def sha256(self) -> str:
+        return self.card["weights_sha256"]
+
+
+def ship(name: str, card: dict, max_train_steps: int | None) -> Shipped:
+    """The cached weights file of a trained model (see :func:`zoo.get_model`)."""
+    key = name if max_train_steps is None else f"{name}.smoke-{max_train_steps}"
+    return Shipped(name, paths_for(key)[0].read_bytes(), card)
+
+
+_WORKER_MODELS: dict[tuple[str, str], nn.Module] = {}  # per worker process: (sha, device)
+_WORKER_DATA: dict[tuple[str, str | None], Dataset] = {}
+
+
+def unpack(shipped: Shipped, data: Dataset, device: str) -> nn.Module:
+    """The shipped model in eval mode, weights verified and NJS β1 calibrated (cached)."""
+    cached = _WORKER_MODELS.get((shipped.sha256, device))
+    if cached is not None:
+        return cached
+    actual = hashlib.sha256(shipped.blob).hexdigest()
+    if actual != shipped.sha256:
+        raise CorruptWeightsError(f"the weights of {shipped.name} arrived with sha256 "
+                                  f"{actual[:12]}…, not the card's {shipped.sha256[:12]}…")
+    model = model_spec(shipped.name).factory()
+    model.load_state_dict(load_safetensors(shipped.blob))
+    model = model.to(device).eval()
+    calibrate(model, data, device)  # NJS β1 on the first 101 test images, as locally
+    _WORKER_MODELS[(shipped.sha256, device)] = model
+    return model
+
+
+def dataset(name: str, data_root: str | None) -> Dataset:
+    if (name, data_root) not in _WORKER_DATA:
+        _WORKER_DATA[(name, data_root)] = load_dataset(name, data_root)
+    return _WORKER_DATA[(name, data_root)]
+
+
+def unit_plan(grid: Grid, data: Dataset, unit: Unit, sha: str) -> list[PlannedCell]:
+    plan = plan_cells(data, [unit.attack], grid.eps, grid.n, grid.limits.get(unit.model, {}))
+    return [c for c in plan if c.key(sha, grid.seed) in unit.keys]
+
+
+def execute_unit(unit: Unit, shipped: Shipped, *, grid: Grid, data_root: str | None,
+                 device: str, threads: int) -> list[CellRecord]:
+    """Run one unit's cells where this function runs; their records (errors included)."""
+    torch.set_num_threads(threads)
+    data = dataset(grid.dataset, data_root)
+    fields = dict(suite=grid.suite, dataset=grid.dataset, model=unit.model,
+                  model_sha256=shipped.sha256, device=device, seed=grid.seed)
+    stage = "loading the shipped weights"
+    try:
+        model = unpack(shipped, data, device)
+        stage = "clean pass"
+        keys = set(unit.keys)
+        return list(evaluate_cells(
+            model, model_name=unit.model, model_sha256=shipped.sha256, suite=grid.suite,
+            dataset=data, attacks=[unit.attack], eps=grid.eps, n=grid.n, seed=grid.seed,
+            device=device, limits=grid.limits.get(unit.model, {}),
+            gate=lambda k: contextlib.nullcontext(RUN if k in keys else "other")))
+    except Exception as exc:  # noqa: BLE001 - a failing model becomes error cells
+        reason = str(exc) if isinstance(exc, StageError) else StageError(stage, exc).args[0]
+        return error_cells(unit_plan(grid, data, unit, shipped.sha256), reason, **fields)
+
+
+def describe_model(shipped: Shipped, *, grid: Grid, data_root: str | None, device: str,
+                   threads: int) -> ModelRecord:
+    """The model's record (clean accuracy, gradient diagnostics), computed on a worker."""
+    torch.set_num_threads(threads)
+    data = dataset(grid.dataset, data_root)
+    model = unpack(shipped, data, device)
+    return model_record(model, shipped.name, shipped.sha256, shipped.card, grid, data, device)
+
+
+def connect(address: str | None, threads_per_task: int) -> bool:
+    """Join the cluster at ``address`` (``auto``, ``HOST:PORT``, or ``$RAY_ADDRESS``), or
+    start a local one when neither is given; True when this call started Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR")
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise QBenchError(f"cannot reach a Ray cluster at {address!r} ({exc}); start one with "
+                          "`ray start --head`, or leave --ray-address out to start a local "
+                          "one") from None
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if cpus < threads_per_task:
+        raise QBenchError(f"--threads-per-task {threads_per_task} is more than the cluster's "
+                          f"{cpus:g} CPUs")
+    return True
+
+
+def run_on_ray(grid: Grid, rec: Recorder, *, address: str | None, gpus_per_task: float,
+               threads_per_task: int, retrain: bool, data_root: str | None,
+               max_train_steps: int | None, progress: bool) -> None:
+    """Run ``grid`` as Ray tasks; ``rec`` records what they return (see the module doc)."""
+    import ray
+
+    if gpus_per_task < 0 or threads_per_task < 1:
+        raise QBenchError(f"--gpus-per-task must be >= 0 (fractions allowed) and "
+                          f"--threads-per-task >= 1; got {gpus_per_task:g} and "
+                          f"{threads_per_task}")
+    started = connect(address, threads_per_task)
+    device = "cuda" if gpus_per_task > 0 else "cpu"
+    opts = dict(num_cpus=threads_per_task, num_gpus=gpus_per_task, max_retries=MAX_RETRIES)
+    cell_task = ray.remote(execute_unit).options(**opts)
+    model_task = ray.remote(describe_model).options(**opts)
+    common = dict(grid=grid, data_root=data_root, device=device, threads=threads_per_task)
+    data = load_dataset(grid.dataset, data_root)
+    pending: dict = {}
+    try:
+        for name in grid.models:
+            plan = plan_cells(data, grid.attacks, grid.eps, grid.n, grid.limits.get(name, {}))
+            try:  # trained once, by the driver, into the cache (sha256-checked)
+                _, card = get_model(name, device="cpu", retrain=retrain, progress=progress,
+                                    data_root=data_root, max_train_steps=max_train_steps)
+                shipped = ship(name, card, max_train_steps)
+            except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the grid
+                rec.fail(name, "", StageError("training", exc).args[0], plan, device)
+                continue
+            todo: dict[str, list[str]] = {}
+            for cell in plan:
+                key = cell.key(shipped.sha256, grid.seed)
+                if rec.done(key):
+                    rec.summary.skipped += 1
+                    rec.bar.update()
+                else:
+                    todo.setdefault(cell.attack, []).append(key)
+            ref = ray.put(shipped)
+            for attack, keys in todo.items():
+                unit = Unit(name, attack, tuple(keys))
+                pending[cell_task.remote(unit, ref, **common)] = (unit, shipped)
+            if rec.wants_model_record(name, shipped.sha256):
+                pending[model_task.remote(ref, **common)] = (None, shipped)
+        while pending:
+            (ready,), _ = ray.wait(list(pending), num_returns=1)
+            unit, shipped = pending.pop(ready)
+            if unit is None:
+                rec.model_done(shipped.name, shipped.sha256, lambda ready=ready: ray.get(ready))
+                continue
+            try:
+                records = ray.get(ready)
+            except Exception as exc:  # noqa: BLE001 - a lost task becomes error cells
+                records = error_cells(
+                    unit_plan(grid, data, unit, shipped.sha256),
+                    f"Ray task failed: {type(exc).__name__}: {exc}"[:500], suite=grid.suite,
+                    dataset=grid.dataset, model=unit.model, model_sha256=shipped.sha256,
+                    device=device, seed=grid.seed)
+            for r in records:
+                rec.record(r)
+                rec.bar.update()
+    finally:
+        if started:
+            ray.shutdown()
+

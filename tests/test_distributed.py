@@ -1,0 +1,137 @@
+"""The Ray executor: the same cells, keys and per-sample results as the local one, under faults.
+
+Every Ray here is local (2 CPUs): started by the run itself, or by a fixture for the fault test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import bench
+import results
+from bench.distributed import Shipped, Unit, execute_unit, ship
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+GRID = dict(suite="t", dataset="digits", models="digits-mlp5x100-ref,digits-mlp5x100-bnn-waq",
+            attacks="fgsm,pgd-linf,pgd-linf-njs,deepfool-linf,square", eps={"linf": [0.1, 0.3]},
+            n=60, seed=4)
+
+
+def per_sample(root: Path) -> dict[str, tuple]:
+    df = results.load("t", root=root)
+    return {r.key: (r.status, tuple(r.robust), tuple(r.clean_correct)) for r in df.itertuples()}
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory, digits_models) -> Path:
+    """The grid computed in this process, one thread, as a Ray task computes it."""
+    out = tmp_path_factory.mktemp("local")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        summary = bench.run_grid(bench.build_grid(**GRID), device="cpu", results_root=out,
+                                 progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert summary.ok and summary.ran == 20
+    return out
+
+
+def test_ray_gives_the_local_cells_keys_and_per_sample_results(tmp_path, local_run):
+    assert not ray.is_initialized()
+    summary = bench.run_grid(bench.build_grid(**GRID), results_root=tmp_path, progress=False,
+                             executor="ray", threads_per_task=1)
+    assert not ray.is_initialized()  # the run started its own local Ray and stopped it
+    assert summary.ok and summary.ran == 20
+    assert per_sample(tmp_path) == per_sample(local_run)
+    df = results.load("t", root=tmp_path)
+    assert (df["host"] != "").all() and (df["device"] == "cpu").all()
+    assert sorted(results.load_models("t", root=tmp_path)["model"]) == sorted(
+        GRID["models"].split(","))
+    again = bench.run_grid(bench.build_grid(**GRID), results_root=tmp_path, progress=False,
+                           executor="ray")
+    assert again.ran == 0 and again.skipped == 20  # resume: nothing is sent twice
+
+
+def _kill_first_task_worker(stop: threading.Event, killed: list[int]) -> None:
+    """SIGKILL the first Ray worker seen running a cell task."""
+    while not stop.is_set() and not killed:
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if cmd.startswith(b"ray::execute_unit"):
+                os.kill(int(pid), signal.SIGKILL)
+                killed.append(int(pid))
+                return
+        time.sleep(0.01)
+
+
+def test_a_worker_killed_mid_task_is_retried_without_duplicates(tmp_path, local_run):
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_first_task_worker, args=(stop, killed))
+    killer.start()
+    try:
+        summary = bench.run_grid(bench.build_grid(**GRID), results_root=tmp_path,
+                                 progress=False, executor="ray")
+    finally:
+        stop.set()
+        killer.join()
+        ray.shutdown()
+    assert killed, "no worker was caught running a task"
+    assert summary.ok and summary.ran == 20
+    lines = results.cells_path("t", tmp_path).read_text().splitlines()
+    assert len(lines) == 20  # the retried task's cells are recorded once
+    assert per_sample(tmp_path) == per_sample(local_run)
+
+
+def test_weights_that_do_not_match_their_card_become_error_cells(digits_models, digits):
+    from zoo import get_model
+
+    _, card = get_model("digits-mlp5x100-ref", progress=False)
+    good = ship("digits-mlp5x100-ref", card, None)
+    bad = Shipped(good.name, good.blob[:-1] + bytes([good.blob[-1] ^ 1]), card)
+    grid = bench.build_grid(**{**GRID, "models": "digits-mlp5x100-ref", "attacks": "fgsm"})
+    keys = tuple(c.key(card["weights_sha256"], grid.seed) for c in
+                 bench.runner.plan_cells(digits, ["fgsm"], grid.eps, grid.n))
+    out = execute_unit(Unit("digits-mlp5x100-ref", "fgsm", keys), bad, grid=grid,
+                       data_root=None, device="cpu", threads=1)
+    assert [r.status for r in out] == ["error", "error"]
+    assert all("sha256" in r.error and r.key in keys for r in out)
+
+
+def test_a_plugin_model_runs_by_name_locally_and_on_ray(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests" / "plugins"), "OMP_NUM_THREADS": "1"}
+    listed = subprocess.run([sys.executable, "-m", "bench", "list", "models", "mypkg-*"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert listed.stdout.split() == ["mypkg-digits-mlp2x32-bnn-waq"]
+    run = [sys.executable, "-m", "bench", "run", "--models", "mypkg-*", "--attacks",
+           "pgd-linf,pgd-linf-njs", "--eps", "linf=0.2", "--n", "50", "--no-progress"]
+    for executor in ("local", "ray"):
+        done = subprocess.run([*run, "--executor", executor, "--results",
+                               str(tmp_path / executor)], cwd=ROOT, env=env,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-800:]
+    assert per_sample_custom(tmp_path / "local") == per_sample_custom(tmp_path / "ray")
+
+
+def per_sample_custom(root: Path) -> dict[str, tuple]:
+    df = results.load("custom", root=root)
+    assert len(df) == 2 and set(df["model"]) == {"mypkg-digits-mlp2x32-bnn-waq"}
+    return {r.key: tuple(r.robust) for r in df.itertuples()}

@@ -1,0 +1,105 @@
+"""Real processes on one grid: parallel runs share it, SIGKILLs lose and duplicate nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GRID = ["--models", "digits-mlp5x100-ref,digits-mlp5x100-bnn-waq",
+        "--attacks", "fgsm,pgd-linf,pgd-linf-njs,pgd-l2", "--eps", "linf=0.1,0.3", "l2=1",
+        "--n", "60", "--seed", "7", "--no-progress"]
+CELLS = 2 * (3 * 2 + 1)
+
+pytestmark = pytest.mark.slow
+
+
+#: one thread per process: four processes with two spinning threads each on two cores would
+#: spend most of their CPU time waiting for each other
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run_cmd(results: Path) -> list[str]:
+    return [sys.executable, "-m", "bench", "run", *GRID, "--results", str(results)]
+
+
+def lines(results: Path) -> list[dict]:
+    path = results / "custom.cells.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def vectors(results: Path) -> dict[str, list[int]]:
+    return {r["key"]: r["robust"] for r in lines(results)}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, digits_models) -> tuple[Path, float]:
+    """The grid run once, uninterrupted, and how long that took."""
+    out = tmp_path_factory.mktemp("reference")
+    t0 = time.monotonic()
+    subprocess.run(run_cmd(out), cwd=ROOT, check=True, capture_output=True, env=ENV)
+    assert len(lines(out)) == CELLS
+    return out, time.monotonic() - t0
+
+
+def test_four_parallel_runs_compute_every_cell_exactly_once(tmp_path, reference):
+    procs = [subprocess.Popen(run_cmd(tmp_path), cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=ENV) for _ in range(4)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [e[-500:] for _, e in outs]
+    ran = [int(re.search(r"(\d+) cells run", o).group(1)) for o, _ in outs]
+    assert sum(ran) == CELLS  # nothing computed twice: total cell work equals one run's
+    records = lines(tmp_path)  # every line parses
+    assert len(records) == CELLS and len({r["key"] for r in records}) == CELLS
+    assert all(r["status"] == "ok" for r in records)
+    assert vectors(tmp_path) == vectors(reference[0])
+    assert not list((tmp_path / ".claims").iterdir())
+
+
+def test_kill_soak_loses_and_duplicates_nothing(tmp_path, reference):
+    """SIGKILL runs of the grid at random moments of a run's life (start-up, model loading,
+    attacks, appends), then finish it: every cell once, as in an uninterrupted run. A grid
+    that gets finished between kills is checked and started afresh in a new folder."""
+    ref, duration = reference
+    rng = random.Random(12)
+    kills = mid_grid = 0
+    folders = [tmp_path / "round0"]
+    while kills < 10:
+        folder = folders[-1]
+        before = len(lines(folder))
+        proc = subprocess.Popen(run_cmd(folder), cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=ENV)
+        if kills % 2:  # every other kill lands while cells are being computed and appended
+            deadline = time.monotonic() + 2 * duration
+            while proc.poll() is None and len(lines(folder)) == before \
+                    and time.monotonic() < deadline:
+                time.sleep(0.02)
+            delay = rng.uniform(0.0, 0.2) * duration
+        else:  # the others anywhere in a run's life
+            delay = rng.uniform(0.1, 1.0) * duration
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            mid_grid += before < len(lines(folder)) < CELLS
+        if len(lines(folder)) == CELLS:
+            folders.append(tmp_path / f"round{len(folders)}")
+    assert mid_grid >= 1
+    done = subprocess.run(run_cmd(folders[-1]), cwd=ROOT, capture_output=True, text=True,
+                          env=ENV)
+    assert done.returncode == 0, done.stderr[-500:]
+    for folder in folders:
+        records = lines(folder)  # every line parses
+        assert len(records) == CELLS and len({r["key"] for r in records}) == CELLS
+        assert vectors(folder) == vectors(ref)
