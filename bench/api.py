@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
+import torch
 from torch import nn
 
 from attacks import list_attacks
 from bench.calibrate import calibrate
+from bench.determinism import deterministic as deterministic_mode
+from bench.inputs import check_distinct, eps_by_norm
 from bench.runner import check_inputs, evaluate_cells, resolve_device
 from results.schema import to_dict
 from zoo import tensor_sha256
-from zoo.errors import match_names
+from zoo.data import Dataset
+from zoo.errors import BadModelError, match_names
 
 
 def weights_sha256(model: nn.Module) -> str:
@@ -21,31 +25,58 @@ def weights_sha256(model: nn.Module) -> str:
     return tensor_sha256(*(state[k].float() for k in sorted(state)))
 
 
+def check_model(model: nn.Module, data: Dataset, n: int, device: str) -> None:
+    """Raise BadModelError unless the model maps the first ``n`` test inputs to finite
+    ``(n, num_classes)`` logits."""
+    x, _ = data.test_subset(n)
+    shape = f"({len(x)}, {', '.join(map(str, x.shape[1:]))})"
+    try:
+        with torch.no_grad():
+            out = model(x.to(device))
+    except Exception as exc:  # noqa: BLE001 - whatever the user's forward raises
+        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise BadModelError(f"the model fails on inputs of shape {shape} from dataset "
+                            f"{data.name!r} ({type(exc).__name__}: {msg}); it must map them "
+                            f"to ({len(x)}, {data.num_classes}) logits") from None
+    want = (len(x), data.num_classes)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise BadModelError(f"the model returns {got} for inputs of shape {shape}; it must "
+                            f"return one logit per class, shape {want}")
+    bad = int((~torch.isfinite(out)).any(1).sum())
+    if bad:
+        raise BadModelError(f"the model returns NaN or infinite logits for {bad} of {len(x)} "
+                            "test inputs; it must return finite logits")
+
+
 def evaluate(
     model: nn.Module, *, dataset: str = "mnist5k", attacks: Sequence[str] | str = "pgd-linf",
-    eps: dict[str, Sequence[float]] | Sequence[float] | float = 0.1, n: int = 1000,
+    eps: Mapping[str, Sequence[float]] | Sequence[float] | float = 0.1, n: int = 1000,
     device: str = "auto", seed: int = 0, name: str = "custom", data_root: str | None = None,
+    deterministic: bool = False,
 ) -> pd.DataFrame:
     """Attack any torch module mapping [0, 1] inputs to logits; one row per (attack, ε).
 
     ``attacks`` are registry names or wildcards. ``eps`` is a number or a list (used for the
     norm of every selected attack) or a dict per norm, e.g. ``{"linf": [0.1], "l2": [1.5]}``.
     Every candidate is verified as in the benchmark. Nothing is written to disk; the rows
-    have the columns of :func:`results.load`.
+    have the columns of :func:`results.load`. ``deterministic=True`` runs with deterministic
+    CUDA algorithms (see :mod:`bench.determinism`); the previous mode is restored afterwards.
+
+    Bad arguments, and a model whose output is not finite ``(N, classes)`` logits, raise a
+    :class:`zoo.errors.QBenchError` subclass with a one-line message before any attack runs.
     """
     pattern = attacks if isinstance(attacks, str) else ",".join(attacks)
     attack_names = match_names(pattern, list_attacks(), "attack")
-    if isinstance(eps, dict):
-        eps_by_norm = {k: [float(e) for e in v] for k, v in eps.items()}
-    else:
-        values = [float(eps)] if isinstance(eps, int | float) else [float(e) for e in eps]
-        eps_by_norm = {"linf": values, "l2": values}
-    eps_by_norm, data = check_inputs(dataset, attack_names, eps_by_norm, n, data_root)
+    checked, data = check_inputs(dataset, attack_names, eps_by_norm(eps), n, data_root)
+    checked = check_distinct(checked)
     device = resolve_device(device)
-    model = model.to(device).eval()
-    calibrate(model, data, device)  # NJS β1 on the first 101 test images, as in the runner
-    records = evaluate_cells(
-        model, model_name=name, model_sha256=weights_sha256(model), suite="api", dataset=data,
-        attacks=attack_names, eps=eps_by_norm, n=n, seed=seed, device=device,
-    )
-    return pd.DataFrame([to_dict(r) for r in records])
+    with deterministic_mode(deterministic):
+        model = model.to(device).eval()
+        check_model(model, data, n, device)
+        calibrate(model, data, device)  # NJS β1 on the first 101 test images, as in the runner
+        records = evaluate_cells(
+            model, model_name=name, model_sha256=weights_sha256(model), suite="api",
+            dataset=data, attacks=attack_names, eps=checked, n=n, seed=seed, device=device,
+        )
+        return pd.DataFrame([to_dict(r) for r in records])

@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from fractions import Fraction
 from pathlib import Path
+
+from bench.inputs import parse_eps
 
 EPILOG = """\
 examples:
@@ -23,30 +24,9 @@ examples:
 A finished cell is never recomputed unless --force; an interrupted run loses nothing.
 """
 
-
-def parse_eps(tokens: Sequence[str]) -> dict[str, list[float]]:
-    """``['0.1', '8/255', 'l2=1.5,2']`` → ``{'linf': [0.1, 0.031…], 'l2': [0.1, …, 1.5, 2.0]}``.
-
-    A bare value applies to every norm; ``NORM=v1,v2`` applies to one norm only.
-    """
-    from attacks import NORMS
-    from zoo.errors import BadEpsilonError
-
-    out: dict[str, list[float]] = {}
-    for token in tokens:
-        norm, _, values = token.rpartition("=")
-        if norm and norm not in NORMS:
-            raise BadEpsilonError(f"unknown norm {norm!r} in --eps {token!r}; allowed: "
-                                  f"{', '.join(NORMS)}")
-        for v in filter(None, values.split(",")):
-            try:
-                value = float(Fraction(v)) if "/" in v else float(v)
-            except (ValueError, ZeroDivisionError):
-                raise BadEpsilonError(f"--eps {v!r} is not a number (write 0.1 or 8/255)"
-                                      ) from None
-            for n in [norm] if norm else NORMS:
-                out.setdefault(n, []).append(value)
-    return out
+DETERMINISTIC_HELP = ("deterministic CUDA kernels (torch.use_deterministic_algorithms and "
+                      "CUBLAS_WORKSPACE_CONFIG=:4096:8): slower, for bit-identical GPU results; "
+                      "no effect on the CPU")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None,
                    help="folder with dataset files (default: $QBENCH_DATA or .cache/qbench/data)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--deterministic", action="store_true", help=DETERMINISTIC_HELP)
     p.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="local (default): every cell in this process; ray: one task per "
                    "(model, attack) on a Ray cluster, records written here")
@@ -124,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--retrain", action="store_true", help="retrain even if cached")
     p.add_argument("--data-root", default=None)
+    p.add_argument("--deterministic", action="store_true", help=DETERMINISTIC_HELP)
     return parser
 
 
@@ -153,9 +135,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.runner import build_grid, run_grid
+    from bench.determinism import enable_deterministic
+    from bench.runner import build_grid, resolve_device, run_grid
     from bench.suites import DEFAULT_SUITE, get_suite
     from zoo.errors import QBenchError
+
+    resolve_device(args.device)  # an unknown device is refused before anything loads
 
     if args.max_train_steps is not None and args.results is None:
         raise QBenchError("--max-train-steps trains smoke models: give --results DIR so that "
@@ -175,11 +160,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         dataset, name = suite.dataset, suite.name
     grid = build_grid(
-        suite=name, dataset=dataset, models=args.models or suite.models,
-        attacks=args.attacks or suite.attacks,
+        suite=name, dataset=dataset,
+        models=args.models if args.models is not None else suite.models,
+        attacks=args.attacks if args.attacks is not None else suite.attacks,
         eps=parse_eps(args.eps) if args.eps else suite.eps,
         n=args.n if args.n is not None else suite.n, seed=args.seed, data_root=args.data_root,
     )
+    if args.deterministic:
+        enable_deterministic()
     summary = run_grid(grid, device=args.device, results_root=args.results, force=args.force,
                        retrain=args.retrain, progress=not args.no_progress,
                        data_root=args.data_root, max_train_steps=args.max_train_steps,
@@ -223,7 +211,8 @@ def cmd_board(args: argparse.Namespace) -> int:
     if args.costs:
         print(to_markdown(attack_costs(cells)))
         return 0
-    eps_tokens = [f"{args.norm}={args.eps or ('0.1' if args.norm == 'linf' else '1.5')}"]
+    default_eps = "0.1" if args.norm == "linf" else "1.5"
+    eps_tokens = [f"{args.norm}={args.eps if args.eps is not None else default_eps}"]
     ((norm, (eps,)),) = parse_eps(eps_tokens).items()
     table = board(cells, norm, eps)
     if table.empty:
@@ -256,11 +245,14 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from bench.determinism import enable_deterministic
     from bench.runner import resolve_device
     from zoo import get_model, list_models
     from zoo.errors import match_names
 
     device = resolve_device(args.device)
+    if args.deterministic:
+        enable_deterministic()
     for name in match_names(args.models, list_models(), "model"):
         _, card = get_model(name, device=device, retrain=args.retrain, data_root=args.data_root)
         print(f"{name}\tclean_acc={card['clean_acc']:.4f}\ttrain_seconds={card['train_seconds']}"

@@ -19,7 +19,36 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from leaderboard import data, plots
 
+from zoo.errors import QBenchError
+
 HERE = Path(__file__).resolve().parent
+
+#: Written into every output folder the builder creates. The builder deletes stale pages and
+#: figures only in a folder that holds it, and refuses to write into any other non-empty folder.
+MARKER = ".qbench-site"
+
+
+class SiteFolderError(QBenchError):
+    """The output folder is not empty and was not created by the site builder."""
+
+
+def claim_out_dir(out_dir: Path) -> None:
+    """Make ``out_dir`` the builder's own: create it (with the marker) or check the marker.
+
+    An existing empty folder is claimed; a non-empty folder without the marker is refused,
+    since cleaning up stale pages there could delete someone else's files.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SiteFolderError(f"--out {out_dir} is a file; give a folder (new, empty, or one "
+                              "an earlier `python -m leaderboard` created)")
+    if out_dir.is_dir() and not (out_dir / MARKER).is_file() and any(out_dir.iterdir()):
+        raise SiteFolderError(
+            f"--out {out_dir} is not empty and was not created by the site builder (no "
+            f"{MARKER} file in it), so it refuses to write there; give a new or empty folder, "
+            "or one an earlier `python -m leaderboard` created")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MARKER).write_text("created by `python -m leaderboard`; stale pages and "
+                                  "figures in this folder are deleted on every build\n")
 
 
 def _pct(v) -> str:
@@ -91,15 +120,20 @@ def _plots(out_dir: Path, rec: data.Records, pages: list[dict], attack_rows: lis
 
 
 def build_site(records_root: Path | None, out_dir: Path) -> Path:
-    """Write the whole site into ``out_dir`` from the records; returns the index path."""
+    """Write the whole site into ``out_dir`` from the records; returns the index path.
+
+    ``out_dir`` must be new, empty, or a folder this builder created (see
+    :func:`claim_out_dir`); otherwise :class:`SiteFolderError` is raised before anything is
+    written or deleted.
+    """
     out_dir = Path(out_dir)
+    claim_out_dir(out_dir)
     rec = data.load(records_root)
     boards = data.boards(rec)
     suites = data.suites(rec, boards)
     attack_rows, gap_matrix = data.attack_stats(rec)
     pages = data.model_pages(rec, boards)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / "img").is_dir():
         shutil.rmtree(out_dir / "img")  # no stale figures of models that left the records
     for stale in list(out_dir.glob("board-*.html")) + list(out_dir.glob("model-*.html")):

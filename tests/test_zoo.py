@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,3 +162,95 @@ def test_bnn_logits_are_large(digits_models, digits):
         gap = {q: (m(x).max(1).values - m(x).min(1).values).mean().item()
                for q, m in digits_models.items()}
     assert gap["bnn-wq"] > 3 * gap["ref"] and gap["bnn-waq"] > 3 * gap["ref"]
+
+
+_GET_MODEL_SCRIPT = """
+import sys, time
+from pathlib import Path
+import zoo.registry as registry
+from zoo import store
+
+calls = []
+real_train = registry.train_model
+def counting_train(*args, **kwargs):
+    calls.append(1)
+    return real_train(*args, **kwargs)
+registry.train_model = counting_train  # the real training, counted
+
+go = Path(sys.argv[1])
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.01)
+model, card = registry.get_model("digits-mlp5x100-bnn-wq", progress=False, max_train_steps=20)
+wpath, _ = store.paths_for("digits-mlp5x100-bnn-wq.smoke-20")
+print(len(calls), card["weights_sha256"], store.file_sha256(wpath), flush=True)
+"""
+
+
+def test_two_processes_getting_one_model_train_it_once(tmp_cache, tmp_path):
+    """One process trains, the other waits on the model's lock and then loads the weights."""
+    import os
+    import subprocess
+    import sys
+
+    go = tmp_path / "go"
+    env = {**os.environ, "QBENCH_CACHE": str(tmp_cache)}
+    procs = [subprocess.Popen([sys.executable, "-c", _GET_MODEL_SCRIPT, str(go)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"
+    go.touch()  # both start get_model at the same moment
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    lines = [o[0].split() for o in outs]
+    assert sorted(int(line[0]) for line in lines) == [0, 1]  # exactly one trained
+    assert len({line[1] for line in lines} | {line[2] for line in lines}) == 1
+    name = "digits-mlp5x100-bnn-wq.smoke-20"  # 20 training steps: the lock is what is tested
+    card = store.read_card(name)
+    assert card["weights_sha256"] == lines[0][1]
+    assert store.load_weights(name, card)  # valid, verified weights
+    leftovers = sorted(p.name for p in store.weights_dir().iterdir())
+    assert leftovers == [f"{name}.json", f"{name}.lock", f"{name}.safetensors"]
+
+
+def test_weights_are_written_atomically_through_unique_temporary_files(tmp_cache, monkeypatch):
+    """A failure while writing leaves the previous file intact and no temporary file behind."""
+    name = "digits-mlp5x100-ref"
+    state = {"w": torch.arange(6.0)}
+    card = store.save_weights(name, state, {"recipe_id": "x"})
+    wpath, cpath = store.paths_for(name)
+    before = wpath.read_bytes(), cpath.read_bytes()
+
+    def broken(tensors, filename):
+        Path(filename).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        store.save_weights(name, {"w": torch.zeros(6)}, {"recipe_id": "y"})
+    assert (wpath.read_bytes(), cpath.read_bytes()) == before
+    assert sorted(p.name for p in wpath.parent.iterdir()) == [cpath.name, wpath.name]
+    assert torch.equal(store.load_weights(name, card)["w"], state["w"])
+
+
+def test_training_does_not_touch_the_global_rng(digits):
+    """Training runs under its own RNG state: the caller's stream continues unchanged, and
+    the caller's state does not change the trained weights."""
+    from dataclasses import replace
+
+    from zoo.train import train_model
+
+    spec = zoo.model_spec("digits-mlp5x100-bnn-waq")
+    recipe = replace(spec.recipe, max_steps=15)
+    weights = []
+    for caller_seed in (123, 456):
+        torch.manual_seed(0)
+        model = spec.factory()
+        torch.manual_seed(caller_seed)
+        expected = torch.rand(3)
+        torch.manual_seed(caller_seed)
+        train_model(model, digits, recipe, progress=False)
+        assert torch.equal(torch.rand(3), expected)
+        weights.append(model.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -4,17 +4,21 @@ from zoo import catalog as _catalog  # noqa: F401 - registers the models
 from zoo.data import Dataset, list_datasets, load_dataset, tensor_sha256
 from zoo.errors import (
     BadEpsilonError,
+    BadModelError,
+    CorruptDataError,
     CorruptWeightsError,
     DataMissingError,
+    EmptyPatternError,
     QBenchError,
     UnknownNameError,
 )
 from zoo.registry import ModelSpec, get_model, list_models, model_spec, register_model
 
 __all__ = [
-    "BadEpsilonError", "CorruptWeightsError", "DataMissingError", "Dataset", "ModelSpec",
-    "QBenchError", "UnknownNameError", "get_model", "list_datasets", "list_models",
-    "load_dataset", "model_spec", "register_model", "tensor_sha256",
+    "BadEpsilonError", "BadModelError", "CorruptDataError", "CorruptWeightsError",
+    "DataMissingError", "Dataset", "EmptyPatternError", "ModelSpec", "QBenchError",
+    "UnknownNameError", "get_model", "list_datasets", "list_models", "load_dataset",
+    "model_spec", "register_model", "tensor_sha256",
 ]
 
 from zoo.plugins import load_plugins as _load_plugins  # noqa: E402

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import pickle
 import struct
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zoo.errors import DataMissingError, QBenchError, UnknownNameError
+from zoo.errors import CorruptDataError, DataMissingError, QBenchError, UnknownNameError
 
 SPLIT_SEED = 20220222  # seed of the fixed train/test split of the embedded datasets
 
@@ -184,22 +186,75 @@ DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DEBIAN_FASHION_MNIST_ALT = Path("/usr/share/dataset-fashion-mnist")
 
 
+#: IDX type codes (the third magic byte) and their big-endian numpy types.
+IDX_TYPES: dict[int, str] = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
+                             0x0E: ">f8"}
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped), the format of (Fashion-)MNIST."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise DataMissingError(f"{path} is not an IDX file (bad magic number)")
-    dtype = {0x08: np.uint8, 0x09: np.int8, 0x0D: np.float32}.get(data[2])
-    if dtype is None:
-        raise DataMissingError(f"{path} has an unsupported IDX type code 0x{data[2]:02x}")
-    ndim = data[3]
-    dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
-    arr = np.frombuffer(data, dtype=dtype, offset=4 + 4 * ndim)
-    if arr.size != int(np.prod(dims)):
-        raise DataMissingError(f"{path} is truncated: expected {np.prod(dims)} values")
-    return arr.reshape(dims)
+    """Read an IDX file (optionally gzipped), the format of (Fashion-)MNIST.
+
+    Checks the magic number (two zero bytes, a known type code, 1-4 dimensions), that the
+    header is complete, and that the data holds exactly the values the header announces
+    (multi-byte values and dimensions are big-endian). Raises CorruptDataError naming the file.
+    """
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise CorruptDataError(f"{path} cannot be read as an IDX file "
+                               f"({type(exc).__name__}: {exc})") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or not 1 <= data[3] <= 4:
+        raise CorruptDataError(
+            f"{path} is not an IDX file (bad magic number {data[:4].hex() or 'none'}; an IDX "
+            "file starts with two zero bytes, a type code and 1-4 dimensions)")
+    code, ndim = data[2], data[3]
+    if code not in IDX_TYPES:
+        allowed = ", ".join(f"0x{c:02x}" for c in IDX_TYPES)
+        raise CorruptDataError(f"{path} has an unknown IDX type code 0x{code:02x}; "
+                               f"allowed: {allowed}")
+    dtype = np.dtype(IDX_TYPES[code])
+    start = 4 + 4 * ndim
+    if len(data) < start:
+        raise CorruptDataError(f"{path} is truncated: its IDX header announces {ndim} "
+                               f"dimensions but the file ends after {len(data)} bytes")
+    dims = struct.unpack(">" + "I" * ndim, data[4:start])
+    expected = math.prod(dims) * dtype.itemsize
+    got = len(data) - start
+    if got != expected:
+        what = "is truncated" if got < expected else f"has {got - expected} bytes too many"
+        little = struct.unpack("<" + "I" * ndim, data[4:start])
+        hint = (" (its dimensions look little-endian; IDX headers are big-endian)"
+                if math.prod(little) * dtype.itemsize == got else "")
+        raise CorruptDataError(f"{path} {what}: its header announces shape {dims} "
+                               f"({expected} bytes of data) but {got} bytes follow{hint}")
+    arr = np.frombuffer(data, dtype=dtype, offset=start).reshape(dims)
+    return arr.astype(dtype.newbyteorder("="), copy=False)
+
+
+def _idx_images(path: Path, arr: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
+    """IDX images ``(N, H, W)`` with values 0-255 as ``(N, 1, H, W)`` floats in [0, 1]."""
+    if arr.ndim != 3 or arr.shape[1:] != shape:
+        raise CorruptDataError(f"{path} holds an array of shape {arr.shape}; images must be "
+                               f"(N, {shape[0]}, {shape[1]})")
+    if arr.dtype != np.uint8 and len(arr) and not (
+            np.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 255):
+        raise CorruptDataError(f"{path} has pixel values outside 0-255 (min {arr.min()}, max "
+                               f"{arr.max()}): inputs must lie in [0, 1] after dividing by 255")
+    return torch.from_numpy(arr.astype(np.float32) / 255.0).reshape(-1, 1, *shape)
+
+
+def _idx_labels(path: Path, arr: np.ndarray, n: int, num_classes: int = 10) -> torch.Tensor:
+    """IDX labels ``(N,)``: integers 0 to ``num_classes - 1``, one per image."""
+    if arr.ndim != 1 or len(arr) != n:
+        raise CorruptDataError(f"{path} holds {arr.shape} labels; it must hold one label per "
+                               f"image of its images file ({n},)")
+    if len(arr) and (not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0
+                     or arr.max() >= num_classes):
+        raise CorruptDataError(f"{path} has labels outside 0-{num_classes - 1} (min "
+                               f"{arr.min()}, max {arr.max()})")
+    return torch.from_numpy(arr.astype(np.int64))
 
 
 def _find_idx(dirs: list[Path], stem: str) -> Path | None:
@@ -218,14 +273,11 @@ def _load_idx_dataset(name: str, dirs: list[Path]) -> Dataset | None:
     if any(p is None for p in paths):
         return None
     trx, try_, tex, tey = (read_idx(p) for p in paths)  # type: ignore[arg-type]
-
-    def img(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(a.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
-
-    def lab(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(a.astype(np.int64))
-
-    return Dataset(name, img(trx), lab(try_), img(tex), lab(tey))
+    train_x = _idx_images(paths[0], trx, (28, 28))  # type: ignore[arg-type]
+    test_x = _idx_images(paths[2], tex, (28, 28))  # type: ignore[arg-type]
+    train_y = _idx_labels(paths[1], try_, len(train_x))  # type: ignore[arg-type]
+    test_y = _idx_labels(paths[3], tey, len(test_x))  # type: ignore[arg-type]
+    return Dataset(name, train_x, train_y, test_x, test_y)
 
 
 def _torchvision(name: str, cls_name: str, root: Path, missing_hint: str) -> Dataset:
@@ -318,6 +370,35 @@ def _cifar10(root: Path) -> Dataset:
 
 CIFAR10_TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 
+#: The only globals a CIFAR-10 batch may name: numpy's array reconstruction (the module moved
+#: from ``numpy.core`` to ``numpy._core`` in numpy 2) and the bytes codec of protocol-2 pickles.
+SAFE_PICKLE_GLOBALS = frozenset({
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),
+})
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickles plain containers, strings, numbers and numpy arrays, nothing else.
+
+    Any other global (a class or function a crafted pickle would call) is refused before it
+    is looked up, so loading an untrusted file cannot run code.
+    """
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in SAFE_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: a CIFAR-10 batch "
+                                         "holds only dicts, lists, strings and numpy arrays")
+        return super().find_class(module, name)
+
+
+def safe_unpickle(path: Path) -> object:
+    """Unpickle a file that may come from anywhere (see :class:`_SafeUnpickler`)."""
+    with open(path, "rb") as f:
+        return _SafeUnpickler(f, encoding="latin1").load()
+
 
 def load_cifar_batches(name: str, folder: Path) -> Dataset | None:
     """Read CIFAR-10 in torchvision's on-disk format (``cifar-10-batches-py``: pickled dicts
@@ -334,17 +415,31 @@ def load_cifar_batches(name: str, folder: Path) -> Dataset | None:
     def read(fname: str) -> tuple[np.ndarray, np.ndarray]:
         path = folder / fname
         try:
-            with open(path, "rb") as f:
-                entry = pickle.load(f, encoding="latin1")
-            data = np.asarray(entry["data"], dtype=np.uint8)
-            labels = np.asarray(entry["labels"], dtype=np.int64)
-        except (OSError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as exc:
-            raise DataMissingError(f"{path} is not a CIFAR-10 batch ({exc})") from None
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
-            raise DataMissingError(f"{path} is not a CIFAR-10 batch (data {data.shape}, "
-                                   f"{len(labels)} labels)")
+            entry = safe_unpickle(path)
+        except OSError as exc:
+            raise CorruptDataError(f"{path} cannot be read ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - whatever a malformed pickle raises
+            raise CorruptDataError(f"{path} is not a CIFAR-10 batch "
+                                   f"({type(exc).__name__}: {exc})") from None
+        try:
+            if not isinstance(entry, dict):
+                raise TypeError(f"it holds a {type(entry).__name__}, not a dict")
+            data, labels = entry["data"], entry["labels"]
+            if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+                raise TypeError("'data' is not a uint8 numpy array")
+            labels = np.asarray(labels)
+            if labels.dtype.kind not in "iu":
+                raise TypeError("'labels' are not integers")
+            labels = labels.astype(np.int64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptDataError(f"{path} is not a CIFAR-10 batch "
+                                   f"({type(exc).__name__}: {exc})") from None
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (len(data),):
+            raise CorruptDataError(f"{path} is not a CIFAR-10 batch (data {data.shape}, labels "
+                                   f"{labels.shape}; expected (N, 3072) uint8 and N labels)")
         if len(labels) and (labels.min() < 0 or labels.max() > 9):
-            raise DataMissingError(f"{path} has labels outside 0-9")
+            raise CorruptDataError(f"{path} has labels outside 0-9 (min {labels.min()}, "
+                                   f"max {labels.max()})")
         return data, labels
 
     parts = [read(f) for f in CIFAR10_TRAIN_BATCHES]

@@ -30,8 +30,23 @@ class DataMissingError(QBenchError):
     """A dataset's files are absent and cannot be downloaded."""
 
 
+class CorruptDataError(DataMissingError):
+    """A dataset file exists but is malformed (bad header, counts, labels, pixels or pickle).
+
+    A subclass of DataMissingError: either way there is no usable data.
+    """
+
+
 class CorruptWeightsError(QBenchError):
     """A cached weights file does not match its recorded sha256 or cannot be parsed."""
+
+
+class EmptyPatternError(QBenchError, ValueError):
+    """A name pattern (``--models``, ``--attacks``) that holds no name at all."""
+
+
+class BadModelError(QBenchError, ValueError):
+    """A user's model whose output is not a finite ``(N, num_classes)`` tensor of logits."""
 
 
 class BadEpsilonError(QBenchError, ValueError):
@@ -41,12 +56,16 @@ class BadEpsilonError(QBenchError, ValueError):
 def match_names(pattern: str, names: list[str], kind: str) -> list[str]:
     """Names matching a wildcard pattern (or a comma-separated list of patterns).
 
-    Raises UnknownNameError with close matches if a part matches nothing.
+    Raises UnknownNameError with close matches if a part matches nothing, and
+    EmptyPatternError if the pattern holds no name at all (``''``, ``','``).
     """
+    parts = [p.strip() for p in pattern.split(",") if p.strip()]
+    if not parts:
+        raise EmptyPatternError(
+            f"empty {kind} pattern {pattern!r}; give one or more {kind} names or wildcards, "
+            f"comma-separated (list them with `python -m bench list {kind}s`)")
     out: list[str] = []
-    for part in (p.strip() for p in pattern.split(",")):
-        if not part:
-            continue
+    for part in parts:
         hits = sorted(fnmatch.filter(names, part))
         if not hits:
             raise UnknownNameError(kind, part, names)

@@ -18,7 +18,7 @@ from torch import nn
 
 from zoo.data import dataset_info, load_dataset
 from zoo.errors import CorruptWeightsError, UnknownNameError
-from zoo.store import load_weights, read_card, save_weights
+from zoo.store import load_weights, model_lock, read_card, save_weights
 from zoo.train import Recipe, train_model
 
 
@@ -132,6 +132,18 @@ def model_card(name: str) -> dict:
     return out
 
 
+def _load_state(model: nn.Module, key: str, card: dict) -> None:
+    """Load verified weights; weights that do not fit the architecture are corrupt too."""
+    state = load_weights(key, card)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise CorruptWeightsError(
+            f"weights file of {key} does not fit its architecture ({first}). Retrain with "
+            f"`python -m bench train {key.split('.smoke-')[0]} --retrain`.") from None
+
+
 def get_model(
     name: str, *, device: str = "cpu", retrain: bool = False, progress: bool = True,
     data_root: str | None = None, max_train_steps: int | None = None,
@@ -157,25 +169,27 @@ def get_model(
     with torch.random.fork_rng():  # seeded initialisation, global RNG left untouched
         torch.manual_seed(recipe.seed)
         model = spec.factory()
-    card = None if retrain else read_card(key)
-    if card is not None and card.get("recipe_id") == recipe_id:
-        model.load_state_dict(load_weights(key, card))
-    else:
-        data = load_dataset(spec.dataset, data_root)
-        summary = train_model(model, data, recipe, device=device, progress=progress,
-                              desc=f"train {name}")
-        smoke = {} if max_train_steps is None else {"smoke_max_train_steps": max_train_steps}
-        card = save_weights(key, model.state_dict(), {
-            **_static_card(run, model),
-            **smoke,
-            "trained_on": device,
-            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "torch": torch.__version__,
-            "platform": platform.platform(),
-            **summary,
-        })
-        # Reload from disk so that a model is only ever used through verified weights.
-        model.load_state_dict(load_weights(key, card))
+    with model_lock(key):  # one process trains a model; the others wait, then load it
+        card = None if retrain else read_card(key)
+        if card is not None and card.get("recipe_id") == recipe_id:
+            _load_state(model, key, card)
+        else:
+            data = load_dataset(spec.dataset, data_root)
+            summary = train_model(model, data, recipe, device=device, progress=progress,
+                                  desc=f"train {name}")
+            smoke = ({} if max_train_steps is None
+                     else {"smoke_max_train_steps": max_train_steps})
+            card = save_weights(key, model.state_dict(), {
+                **_static_card(run, model),
+                **smoke,
+                "trained_on": device,
+                "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "torch": torch.__version__,
+                "platform": platform.platform(),
+                **summary,
+            })
+            # Reload from disk so that a model is only ever used through verified weights.
+            _load_state(model, key, card)
     # Cards written before a field existed are completed from the registration.
     card = {**_static_card(run, model), **card}
     return model.to(device).eval(), card

@@ -2,13 +2,21 @@
 
 A weights file is used only if its sha256 matches the card; anything else raises
 :class:`CorruptWeightsError` with what to do. Nothing here ever silently retrains or deletes.
+
+Writes are atomic (a unique temporary file in the same folder, fsync, rename; the card last,
+so a card always describes complete weights), and :func:`model_lock` lets one process at a
+time train and write a given model.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -40,18 +48,78 @@ def paths_for(name: str, root: Path | None = None) -> tuple[Path, Path]:
     return root / f"{name}.safetensors", root / f"{name}.json"
 
 
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write ``path`` through a unique temporary file in its folder: write, fsync, rename.
+
+    A reader sees the old file or the complete new one, never a partial file, and two writers
+    never share a temporary file.
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a crash
+    finally:
+        os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def model_lock(name: str, root: Path | None = None) -> Iterator[None]:
+    """Exclusive lock on one model's files (``NAME.lock`` next to the weights).
+
+    Held while a model's card is checked and the model is trained and saved, so that of two
+    processes asking for the same untrained model one trains and the other waits, then loads.
+    A read-only cache (no lock file can be made) is used without the lock: it can only be
+    read, and reading a complete, renamed file needs none.
+    """
+    wpath, _ = paths_for(name, root)
+    try:
+        wpath.parent.mkdir(parents=True, exist_ok=True)
+        f = open(wpath.with_name(f"{name}.lock"), "a")  # noqa: SIM115 - closed below
+    except OSError:
+        if not _read_only(wpath.parent):
+            raise
+        f = None
+    if f is None:  # a read-only cache: nothing can be written, so there is nothing to lock
+        yield
+        return
+    with f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _read_only(folder: Path) -> bool:
+    return folder.is_dir() and not os.access(folder, os.W_OK)
+
+
 def save_weights(name: str, state: dict[str, torch.Tensor], card: dict, root: Path | None = None
                  ) -> dict:
-    """Write weights and card atomically; returns the card with ``weights_sha256`` filled in."""
+    """Write weights, then the card, atomically; returns the card with ``weights_sha256``."""
     wpath, cpath = paths_for(name, root)
     wpath.parent.mkdir(parents=True, exist_ok=True)
-    tmp = wpath.with_suffix(".safetensors.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
-    os.replace(tmp, wpath)
-    card = {**card, "weights_sha256": file_sha256(wpath)}
-    tmpc = cpath.with_suffix(".json.tmp")
-    tmpc.write_text(json.dumps(card, indent=2, sort_keys=True))
-    os.replace(tmpc, cpath)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    sha: list[str] = []
+
+    def write_weights(tmp: Path) -> None:
+        save_file(tensors, str(tmp))
+        sha.append(file_sha256(tmp))
+
+    _atomic_write(wpath, write_weights)
+    card = {**card, "weights_sha256": sha[0]}
+    text = json.dumps(card, indent=2, sort_keys=True)
+    _atomic_write(cpath, lambda tmp: tmp.write_text(text))
     return card
 
 

@@ -147,11 +147,25 @@ def train_model(
     model: nn.Module, data: Dataset, recipe: Recipe, *, device: str = "cpu",
     progress: bool = True, desc: str = "train",
 ) -> dict:
-    """Train in place; returns a summary (clean accuracy on the test split, seconds)."""
+    """Train in place; returns a summary (clean accuracy on the test split, seconds).
+
+    Training runs under its own RNG state: the global torch RNG (CPU, and the training
+    device's) is seeded with ``recipe.seed`` inside :func:`torch.random.fork_rng`, so training
+    neither depends on nor changes the caller's random state. Batch order, adversarial starts
+    and augmentation draw from their own seeded generators.
+    """
     if recipe.amp and any(isinstance(m, SignActivation) for m in model.modules()):
         raise ValueError("mixed precision (Recipe.amp) is refused for models with sign "
                          "activations: train BNN-WAQ models in float32")
-    torch.manual_seed(recipe.seed)
+    dev = torch.device(device)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(recipe.seed)
+        return _train(model, data, recipe, device=device, progress=progress, desc=desc)
+
+
+def _train(model: nn.Module, data: Dataset, recipe: Recipe, *, device: str, progress: bool,
+           desc: str) -> dict:
+    """The training loop of :func:`train_model` (called with the RNG already seeded)."""
     gen = torch.Generator(device="cpu").manual_seed(recipe.seed)
     model.to(device).train()
     if recipe.optimizer == "sgd":

@@ -1,0 +1,480 @@
+"""The bad-input table: every case is refused with ONE line saying what is wrong and what is
+allowed (exit code 2 on the command line, a named QBenchError subclass from the Python API),
+and no records file changes (every file of the records folder is hashed before and after).
+
+The README's "Bad input" section lists these cases and their messages.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import pickle
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import bench
+import zoo
+from bench.cli import main
+from results.store import RECORDS_DIR
+from zoo import store
+from zoo.errors import (
+    BadEpsilonError,
+    BadModelError,
+    CorruptDataError,
+    EmptyPatternError,
+    QBenchError,
+    UnknownNameError,
+)
+
+DIGITS = "digits-mlp5x100-ref"
+RUN = ["run", "--models", DIGITS, "--attacks", "fgsm", "--eps", "0.1", "--n", "20"]
+
+
+def _hashes(*folders: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+            for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def records(tmp_path) -> Path:
+    """A records folder seeded with copies of a few committed records (cells and a model)."""
+    root = tmp_path / "records"
+    root.mkdir()
+    for name, lines in (("mnist5k.cells.jsonl", 3), ("mnist5k.models.jsonl", 1)):
+        with open(RECORDS_DIR / name, encoding="utf-8") as f:
+            head = [next(f) for _ in range(lines)]
+        (root / name).write_text("".join(head), encoding="utf-8")
+    return root
+
+
+# ---------------------------------------------------------------------------------------
+# Files the cases read: IDX files (MNIST), CIFAR-10 batches, weights and cards, records.
+
+
+def _idx(arr: np.ndarray, *, little_endian: bool = False) -> bytes:
+    code = {np.dtype("u1"): 0x08, np.dtype("i1"): 0x09}[arr.dtype]
+    dims = struct.pack(("<" if little_endian else ">") + "I" * arr.ndim, *arr.shape)
+    return bytes([0, 0, code, arr.ndim]) + dims + arr.tobytes()
+
+
+def _mnist_files(root: Path, n: int = 30) -> Path:
+    """Four valid, tiny MNIST IDX files (gzipped) in ``root/MNIST/raw``."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split in ("train", "t10k"):
+        (raw / f"{split}-images-idx3-ubyte.gz").write_bytes(gzip.compress(
+            _idx(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))))
+        (raw / f"{split}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(
+            _idx(rng.integers(0, 10, (n,), dtype=np.uint8))))
+    return raw
+
+
+def _gz(data: bytes) -> bytes:
+    return gzip.compress(data)
+
+
+IMAGES = "t10k-images-idx3-ubyte.gz"
+LABELS = "t10k-labels-idx1-ubyte.gz"
+_rng = np.random.default_rng(1)
+_IMG = _rng.integers(0, 256, (30, 28, 28), dtype=np.uint8)
+_LAB = _rng.integers(0, 10, (30,), dtype=np.uint8)
+
+#: (file, bytes that replace it, message)
+IDX_CASES = {
+    "idx-bad-magic": (IMAGES, _gz(b"\x01\x02\x08\x03" + _IMG.tobytes()), "bad magic number"),
+    "idx-truncated-header": (IMAGES, _gz(b"\x00\x00\x08\x03\x00\x00"), "is truncated"),
+    "idx-truncated-data": (IMAGES, _gz(_idx(_IMG)[:-100]), "is truncated"),
+    "idx-extra-bytes": (IMAGES, _gz(_idx(_IMG) + b"\x00" * 7), "7 bytes too many"),
+    "idx-little-endian": (IMAGES, _gz(_idx(_IMG, little_endian=True)), "little-endian"),
+    "idx-unknown-type": (IMAGES, _gz(b"\x00\x00\x07\x03" + _idx(_IMG)[4:]),
+                         "unknown IDX type code 0x07"),
+    "idx-wrong-image-size": (IMAGES, _gz(_idx(_IMG.reshape(30, 14, 56))),
+                             "images must be (N, 28, 28)"),
+    "idx-pixels-outside-0-255": (IMAGES, _gz(_idx(-_IMG[:, :, :].astype(np.int8) - 1)),
+                                 "outside 0-255"),
+    "idx-label-count": (LABELS, _gz(_idx(_LAB[:29])), "one label per image"),
+    "idx-labels-out-of-range": (LABELS, _gz(_idx(_LAB + 10)), "labels outside 0-9"),
+    "idx-not-gzip": (LABELS, b"this is not gzip data", "cannot be read as an IDX file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(IDX_CASES))
+def test_corrupt_idx_file_is_one_line_naming_the_file(case, tmp_path, records, capsys):
+    raw = _mnist_files(tmp_path / "data")
+    fname, blob, message = IDX_CASES[case]
+    (raw / fname).write_bytes(blob)
+    before = _hashes(records, RECORDS_DIR)
+    code = main(["run", "--models", "mnist-mlp5x100-ref", "--attacks", "fgsm", "--eps", "0.1",
+                 "--n", "10", "--data-root", str(tmp_path / "data"), "--results", str(records)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err and str(raw / fname) in err, err
+    assert _hashes(records, RECORDS_DIR) == before
+
+
+@pytest.mark.parametrize("missing", ["every-file", "one-file"])
+def test_missing_data_files_are_one_line(missing, tmp_path, records, capsys, monkeypatch):
+    import torchvision
+
+    def offline(self):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline)  # no network here
+    root = tmp_path / "data"
+    if missing == "one-file":
+        (_mnist_files(root) / LABELS).unlink()
+    code, err = _run_cli(["run", "--models", "mnist-mlp5x100-ref", "--attacks", "fgsm", "--eps",
+                          "0.1", "--n", "10", "--data-root", str(root)], records, capsys)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert f"dataset 'mnist' is not under {root}" in err and "--data-root" in err, err
+
+
+def test_valid_idx_files_load(tmp_path):
+    """The files the IDX cases corrupt are valid as written (so each case tests one fault)."""
+    raw = _mnist_files(tmp_path)
+    data = zoo.data._mnist(tmp_path)
+    assert data.test_x.shape == (30, 1, 28, 28) and float(data.test_x.min()) >= 0
+    assert float(data.test_x.max()) <= 1
+    labels = zoo.data.read_idx(raw / LABELS)
+    assert data.test_y.tolist() == labels.astype(np.int64).tolist()
+
+
+# ---------------------------------------------------------------------------------------
+# CIFAR-10 batches are untrusted pickles.
+
+
+class _Exploit:
+    """A pickle that, loaded with plain ``pickle.load``, creates a file."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+def _cifar_batches(root: Path) -> Path:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for fname in [*zoo.data.CIFAR10_TRAIN_BATCHES, "test_batch"]:
+        with open(folder / fname, "wb") as f:
+            pickle.dump({"batch_label": fname,
+                         "data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
+                         "labels": [0, 1, 2, 3], "filenames": ["a.png"] * 4}, f, protocol=2)
+    return folder
+
+
+def test_a_crafted_cifar_pickle_is_refused_without_running_code(tmp_path, records, capsys):
+    folder = _cifar_batches(tmp_path / "data")
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps({"data": _Exploit(marker), "labels": []}, protocol=2)
+    pickle.loads(payload)  # what plain unpickling would do: run the payload
+    assert marker.exists()
+    marker.unlink()
+    (folder / "data_batch_2").write_bytes(payload)
+    before = _hashes(records, RECORDS_DIR)
+    code = main(["run", "--models", "cifar10-vgg16-ref", "--attacks", "fgsm", "--eps", "0.1",
+                 "--n", "2", "--data-root", str(tmp_path / "data"), "--results", str(records)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "data_batch_2" in err and "refused to load posix.system" in err, err
+    assert not marker.exists()
+    assert _hashes(records, RECORDS_DIR) == before
+
+
+def test_cifar_batches_written_by_python2_numpy_still_load(tmp_path):
+    """The official files are protocol-2 pickles naming ``numpy.core.multiarray``."""
+    folder = _cifar_batches(tmp_path)
+    for f in folder.iterdir():
+        blob = f.read_bytes().replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+        assert b"numpy.core.multiarray" in blob
+        f.write_bytes(blob)
+    with pytest.warns(UserWarning, match="differ from the official"):
+        data = zoo.data.load_cifar_batches("cifar10", folder)
+    assert data is not None and data.train_x.shape == (20, 3, 32, 32)
+    assert data.test_y.tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(("blob", "message"), [
+    (b"not a pickle", "is not a CIFAR-10 batch"),
+    (pickle.dumps([1, 2, 3], protocol=2), "not a dict"),
+    (pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 12]}, protocol=2),
+     "labels outside 0-9"),
+    (pickle.dumps({"data": np.zeros((2, 100), np.uint8), "labels": [0, 1]}, protocol=2),
+     "expected (N, 3072) uint8"),
+], ids=["garbage", "not-a-dict", "labels-out-of-range", "wrong-shape"])
+def test_corrupt_cifar_batch_is_one_line(blob, message, tmp_path):
+    folder = _cifar_batches(tmp_path)
+    (folder / "test_batch").write_bytes(blob)
+    with pytest.raises(CorruptDataError) as err:
+        zoo.data.load_cifar_batches("cifar10", folder)
+    msg = str(err.value)
+    assert message in msg and "test_batch" in msg and "\n" not in msg
+
+
+# ---------------------------------------------------------------------------------------
+# The command line: names, patterns, ε, n, device, weights, cards, records.
+
+#: (argv, message); ``run`` and ``board`` get ``--results <seeded records>``.
+CLI_CASES = {
+    "model-matches-nothing": (["run", "--models", "nosuch-*", "--attacks", "fgsm"],
+                              "unknown model 'nosuch-*'"),
+    "models-comma": (["run", "--models", ",", "--attacks", "fgsm"],
+                     "empty model pattern ','"),
+    "models-empty": (["run", "--models", "", "--attacks", "fgsm"], "empty model pattern ''"),
+    "suite-models-empty": (["run", "--suite", "digits", "--models", ""],
+                           "empty model pattern ''"),
+    "attacks-comma": (["run", "--models", DIGITS, "--attacks", ","],
+                      "empty attack pattern ','"),
+    "attacks-empty": (["run", "--models", DIGITS, "--attacks", ""], "empty attack pattern ''"),
+    "attack-matches-nothing": (["run", "--models", DIGITS, "--attacks", "pgd-linff"],
+                               "Did you mean: pgd-linf"),
+    "eps-empty": ([*RUN[:5], "--eps", ""], "holds no value"),
+    "eps-comma": ([*RUN[:5], "--eps", ","], "holds no value"),
+    "eps-norm-without-value": ([*RUN[:5], "--eps", "linf="], "holds no value"),
+    "eps-empty-between-commas": ([*RUN[:5], "--eps", "0.1,,0.3"], "empty value"),
+    "eps-not-a-number": ([*RUN[:5], "--eps", "abc"], "not a number"),
+    "eps-division-by-zero": ([*RUN[:5], "--eps", "1/0"], "not a number"),
+    "eps-negative": ([*RUN[:5], "--eps", "-1"], "out of range for the linf norm"),
+    "eps-nan": ([*RUN[:5], "--eps", "nan"], "finite number"),
+    "eps-inf": ([*RUN[:5], "--eps", "inf"], "finite number"),
+    "eps-too-large": ([*RUN[:5], "--eps", "1.5"], "in [0, 1]"),
+    "eps-unknown-norm": ([*RUN[:5], "--eps", "l3=1"], "unknown norm 'l3'"),
+    "eps-no-value-for-norm": ([*RUN[:5], "--eps", "l2=1.5"], "no ε given for the linf norm"),
+    "eps-duplicate": ([*RUN[:5], "--eps", "0.1", "0.1"], "given twice for the linf norm"),
+    "eps-duplicate-forms": ([*RUN[:5], "--eps", "8/255", "linf=0.03137254901960784"],
+                            "given twice for the linf norm"),
+    "n-zero": ([*RUN, "--n", "0"], "n must be between 1 and 300"),
+    "n-negative": ([*RUN, "--n", "-5"], "n must be between 1 and 300"),
+    "n-too-large": ([*RUN, "--n", "301"], "n must be between 1 and 300"),
+    "suite-unknown": (["run", "--suite", "nope"], "unknown suite"),
+    "device-unknown": ([*RUN, "--device", "tpu"], "unknown device 'tpu'; allowed"),
+    "max-train-steps-zero": ([*RUN, "--max-train-steps", "0"], "positive step count"),
+    "board-unknown-suite": (["board", "--suite", "digits"], "no records for suite 'digits'"),
+    "board-eps-empty": (["board", "--suite", "mnist5k", "--eps", ""], "holds no value"),
+    "train-models-empty": (["train", ""], "empty model pattern ''"),
+    "train-models-comma": (["train", " , "], "empty model pattern ' , '"),
+    "train-unknown": (["train", "digits-mlp5x100-rf"], "Did you mean: digits-mlp5x100-ref"),
+    "show-unknown": (["show", "cifar10-mlp"], "unknown model"),
+}
+if not torch.cuda.is_available():
+    CLI_CASES["device-cuda-without-gpu"] = ([*RUN, "--device", "cuda"], "no CUDA GPU")
+
+
+def _run_cli(argv: list[str], records: Path, capsys) -> tuple[int, str]:
+    if argv[0] in ("run", "board"):
+        argv = [*argv, "--results", str(records)]
+    before = _hashes(records, RECORDS_DIR)
+    code = main(argv)
+    out = capsys.readouterr()
+    assert _hashes(records, RECORDS_DIR) == before, "a records file changed"
+    assert out.out == "", out.out
+    return code, out.err
+
+
+@pytest.mark.parametrize("case", list(CLI_CASES))
+def test_cli_bad_input_is_one_line_and_exit_2(case, records, capsys):
+    argv, message = CLI_CASES[case]
+    code, err = _run_cli(argv, records, capsys)
+    assert code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err, err
+
+
+@pytest.fixture
+def trained_copy(tmp_path, monkeypatch, digits_models) -> tuple[Path, Path]:
+    """A private cache holding a copy of the trained digits model's weights and card."""
+    src_w, src_c = store.paths_for(DIGITS)
+    monkeypatch.setenv("QBENCH_CACHE", str(tmp_path / "cache"))
+    wpath, cpath = store.paths_for(DIGITS)
+    wpath.parent.mkdir(parents=True)
+    shutil.copy(src_w, wpath)
+    shutil.copy(src_c, cpath)
+    return wpath, cpath
+
+
+def _flip_byte(path: Path) -> None:
+    blob = bytearray(path.read_bytes())
+    blob[-5] ^= 0xFF
+    path.write_bytes(bytes(blob))
+
+
+WEIGHT_CASES = {
+    "weights-flipped-byte": (lambda w, c: _flip_byte(w), ["train", DIGITS],
+                             "sha256"),
+    "weights-missing": (lambda w, c: w.unlink(), ["train", DIGITS], "is missing"),
+    "card-not-json": (lambda w, c: c.write_text("{not json"), ["train", DIGITS],
+                      "unreadable"),
+    "card-invalid-utf8": (lambda w, c: c.write_bytes(b"\xff\xfe{"), ["show", DIGITS],
+                          "unreadable"),
+    "card-without-sha": (lambda w, c: c.write_text('{"recipe_id": "x"}'), ["show", DIGITS],
+                         "no weights_sha256"),
+}
+
+
+@pytest.mark.parametrize("case", list(WEIGHT_CASES))
+def test_corrupt_weights_and_cards_are_one_line(case, trained_copy, records, capsys):
+    corrupt, argv, message = WEIGHT_CASES[case]
+    wpath, cpath = trained_copy
+    assert main(["train", DIGITS]) == 0  # the copy is valid as made
+    capsys.readouterr()
+    corrupt(wpath, cpath)
+    weights = {p: p.read_bytes() for p in (wpath, cpath) if p.exists()}
+    code, err = _run_cli(argv, records, capsys)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err and "--retrain" in err, err
+    assert {p: p.read_bytes() for p in (wpath, cpath) if p.exists()} == weights
+
+
+def test_weights_that_do_not_fit_the_architecture_are_one_line(trained_copy, records, capsys):
+    from safetensors.torch import save_file
+
+    wpath, cpath = trained_copy
+    save_file({"nonsense": torch.zeros(3)}, str(wpath))
+    card = cpath.read_text().replace(
+        store.read_card(DIGITS)["weights_sha256"], store.file_sha256(wpath))
+    cpath.write_text(card)
+    code, err = _run_cli(["train", DIGITS], records, capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "does not fit its architecture" in err and "--retrain" in err, err
+
+
+# ---------------------------------------------------------------------------------------
+# Records files: a corrupt line stops the run before anything runs or is written.
+
+RECORD_CASES = {
+    "records-not-json": b"{not json\n",
+    "records-wrong-schema": b'{"suite": "digits"}\n',
+    "records-not-an-object": b"[1, 2]\n",
+}
+
+
+def _corrupt_records(records: Path, bad_line: bytes) -> None:
+    first = (records / "mnist5k.cells.jsonl").read_bytes().splitlines(keepends=True)[0]
+    (records / "mnist5k.cells.jsonl").write_bytes(first + bad_line + first)
+
+
+@pytest.mark.parametrize("case", list(RECORD_CASES))
+@pytest.mark.parametrize("command", ["run", "board"])
+def test_corrupt_records_line_is_one_line(case, command, records, capsys):
+    _corrupt_records(records, RECORD_CASES[case])
+    argv = (["run", "--suite", "mnist5k", "--models", "mnist5k-mlp5x100-ref", "--attacks",
+             "fgsm", "--eps", "0.1", "--n", "10"] if command == "run"
+            else ["board", "--suite", "mnist5k"])
+    code, err = _run_cli(argv, records, capsys)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "mnist5k.cells.jsonl, line 2" in err, err
+
+
+def test_invalid_utf8_in_records_is_one_line(records, capsys):
+    _corrupt_records(records, b'{"suite": "\xff\xfe"}\n')
+    code, err = _run_cli(["board", "--suite", "mnist5k"], records, capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "mnist5k.cells.jsonl, line 2" in err, err
+
+
+# ---------------------------------------------------------------------------------------
+# The Python API: bench.evaluate with a user's model.
+
+
+class _Wrong(nn.Module):
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.lin = nn.Linear(64, 10)
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(self.lin(x.flatten(1)), x)
+
+
+API_CASES = {
+    "model-wrong-shape": (dict(model=_Wrong(lambda z, x: z[:, :7])), BadModelError,
+                          "it must return one logit per class, shape (20, 10)"),
+    "model-transposed": (dict(model=_Wrong(lambda z, x: z.t())), BadModelError, "(10, 20)"),
+    "model-nan-logits": (dict(model=_Wrong(lambda z, x: z * float("nan"))), BadModelError,
+                         "NaN or infinite logits for 20 of 20"),
+    "model-inf-logits": (dict(model=_Wrong(
+        lambda z, x: z.index_fill(0, torch.tensor([3]), float("inf")))),
+        BadModelError, "infinite logits for 1 of 20 test inputs; it must return finite"),
+    "model-fails-on-input": (dict(model=nn.Sequential(nn.Flatten(), nn.Linear(784, 10))),
+                             BadModelError, "the model fails on inputs of shape (20, 1, 8, 8)"),
+    "api-attacks-empty": (dict(attacks=[]), EmptyPatternError, "empty attack pattern"),
+    "api-attack-unknown": (dict(attacks="nosuch"), UnknownNameError, "unknown attack"),
+    "api-eps-unknown-norm": (dict(eps={"l3": [0.1]}), BadEpsilonError, "unknown norm 'l3'"),
+    "api-eps-not-a-number": (dict(eps="abc"), BadEpsilonError, "ε must be a number"),
+    "api-eps-duplicate": (dict(eps=[0.1, 0.1]), BadEpsilonError, "given twice"),
+    "api-eps-empty": (dict(eps=[]), BadEpsilonError, "gives no value"),
+    "api-n-zero": (dict(n=0), QBenchError, "n must be between 1 and 300"),
+    "api-unknown-device": (dict(device="tpu"), QBenchError, "unknown device 'tpu'"),
+    "api-unknown-dataset": (dict(dataset="digitz"), UnknownNameError, "unknown dataset"),
+}
+
+
+@pytest.mark.parametrize("case", list(API_CASES))
+def test_evaluate_bad_input_raises_a_named_error(case, records):
+    kwargs, error, message = API_CASES[case]
+    args = dict(model=_Wrong(lambda z, x: z), dataset="digits", attacks="fgsm", eps=0.1, n=20,
+                device="cpu")
+    args.update(kwargs)
+    before = _hashes(records, RECORDS_DIR)
+    with pytest.raises(error) as err:
+        bench.evaluate(args.pop("model"), **args)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert _hashes(records, RECORDS_DIR) == before
+
+
+def test_evaluate_accepts_the_good_model_of_the_table():
+    """The base model of the API cases is valid: each case breaks exactly one thing."""
+    torch.manual_seed(0)
+    df = bench.evaluate(_Wrong(lambda z, x: z), dataset="digits", attacks="fgsm", eps=0.1,
+                        n=20, device="cpu")
+    assert len(df) == 1 and df["status"].tolist() == ["ok"]
+
+
+# ---------------------------------------------------------------------------------------
+# The site builder deletes stale pages only in a folder it created.
+
+
+def test_site_builder_refuses_a_folder_it_did_not_create(tmp_path, records):
+    import subprocess
+    import sys
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "board-notes.html").write_text("my own page")
+    (out / "img").mkdir()
+    (out / "img" / "photo.png").write_bytes(b"png")
+    before = _hashes(out, records, RECORDS_DIR)
+    proc = subprocess.run([sys.executable, "-m", "leaderboard", "--records", str(records),
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "not empty and was not created by the site builder" in proc.stderr
+    assert _hashes(out, records, RECORDS_DIR) == before
+    assert sorted(p.name for p in out.rglob("*")) == ["board-notes.html", "img", "photo.png"]
+
+
+def test_site_builder_claims_new_and_empty_folders_and_cleans_only_its_own(tmp_path):
+    from leaderboard.build import MARKER, build_site
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for out in (tmp_path / "new" / "site", empty):
+        build_site(tmp_path / "no-records", out)
+        assert (out / MARKER).is_file() and (out / "index.html").is_file()
+        (out / "board-stale.html").write_text("a page of an earlier build")
+        build_site(tmp_path / "no-records", out)  # its own folder: stale pages go
+        assert not (out / "board-stale.html").exists()
+    with pytest.raises(QBenchError, match="is a file"):
+        build_site(tmp_path / "no-records", empty / "index.html")
