@@ -104,8 +104,13 @@ def site(session: nox.Session) -> None:
 
 @nox.session
 def perf(session: nox.Session) -> None:
-    """Timing-regression checks (pytest-benchmark) against the committed baseline."""
+    """Attack timings against the committed baseline and against the peers (pytest-benchmark).
+
+    torchattacks is a peer here only: it pins an old ``requests``, so it is installed without
+    its dependencies, in this session's virtualenv alone.
+    """
     install(session)
+    session.install("--no-deps", "torchattacks==3.5.1")
     session.run(
         "pytest", "benchmarks", "--benchmark-enable", f"--benchmark-storage={PERF_STORAGE}",
         "--benchmark-compare", "--benchmark-compare-fail=median:25%",

@@ -117,6 +117,44 @@ def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
     return unit / _flat_norm(unit).clamp_min(1e-12)
 
 
+def _peak(grad: torch.Tensor) -> torch.Tensor:
+    """max|g| per sample, shaped to broadcast (one min/max pass; no |g| tensor is made)."""
+    lo, hi = torch.aminmax(grad.flatten(1), dim=1)
+    return torch.maximum(hi, lo.neg()).view(-1, *[1] * (grad.ndim - 1))
+
+
+def step_into(out: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor,
+              step: float, eps: float, norm: str) -> torch.Tensor:
+    """``project(x_adv + step · ascent_direction(grad), x, eps, norm)``, written into ``out``.
+
+    The same floating-point operations in the same order as that expression (so the same bits:
+    the tests compare them), done in place in one preallocated buffer: the attack loop then
+    allocates no input-sized tensor per step. ``out`` must not alias ``x_adv``, ``grad`` or ``x``.
+    """
+    if norm == "linf":
+        torch.sign(grad, out=out)
+        out.mul_(step)  # exact: ±step or 0
+    else:
+        torch.div(grad, _peak(grad).clamp_min(torch.finfo(grad.dtype).tiny), out=out)
+        out.div_(_flat_norm(out).clamp_min(1e-12))
+        out.mul_(step)
+    out.add_(x_adv).sub_(x)  # the step taken, then the perturbation δ (IEEE + commutes)
+    if norm == "linf":
+        out.clamp_(-eps, eps)
+    else:
+        out.mul_((eps / _flat_norm(out).clamp_min(1e-12)).clamp(max=1.0))
+    return out.add_(x).clamp_(0.0, 1.0)
+
+
+def _keep_new_successes(found: torch.Tensor, success: torch.Tensor, x_adv: torch.Tensor,
+                        logits: torch.Tensor, y: torch.Tensor) -> None:
+    """Copy the iterates that are misclassified for the first time into ``found`` (in place)."""
+    newly = (logits.argmax(1) != y) & ~success
+    idx = newly.nonzero().squeeze(1)
+    found.index_copy_(0, idx, x_adv.index_select(0, idx))
+    success |= newly
+
+
 class GradientAttack(Attack):
     """PGD with ``steps`` steps of size ``rel_step · ε``; FGSM is ``steps=1, rel_step=1``."""
 
@@ -145,10 +183,9 @@ class GradientAttack(Attack):
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
             generator: torch.Generator) -> AttackResult:
-        best = x.clone()
-        broken = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        states: list[Any] = []
-        for _ in range(self.restarts):
+        best, broken, state = self._one_run(model, x, y, eps, generator)  # every point
+        states: list[Any] = [state]
+        for _ in range(self.restarts - 1):
             todo = (~broken).nonzero().squeeze(1)
             if len(todo) == 0:
                 break
@@ -166,20 +203,19 @@ class GradientAttack(Attack):
         step = self.rel_step * eps
         x_adv = random_start(x, eps, self.norm, gen) if self.random_start else x.clone()
         state = self.scaler.prepare(model, x_adv, y)
-        found = x_adv.clone()
+        # rows of `found` are only read where `success` is set, i.e. after they were written
+        found = torch.empty_like(x_adv)
         success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        spare = torch.empty_like(x_adv)  # two buffers take turns holding the iterate
         for _ in range(self.steps):
-            x_adv = x_adv.detach().requires_grad_(True)
-            logits = model(x_adv)
-            newly = (logits.detach().argmax(1) != y) & ~success
-            found[newly] = x_adv.detach()[newly]
-            success |= newly
+            leaf = x_adv.requires_grad_(True)
+            logits = model(leaf)
+            x_adv = leaf.detach()
+            _keep_new_successes(found, success, x_adv, logits.detach(), y)
             loss = loss_fn(self.scaler.scale(logits, y, state), y).sum()
-            (grad,) = torch.autograd.grad(loss, x_adv)
-            x_adv = project(x_adv.detach() + step * ascent_direction(grad, self.norm), x, eps,
-                            self.norm)
+            (grad,) = torch.autograd.grad(loss, leaf)
+            x_adv, spare = step_into(spare, x_adv, grad, x, step, eps, self.norm), x_adv
         with torch.no_grad():
-            newly = (model(x_adv).argmax(1) != y) & ~success
-        found[newly] = x_adv[newly]
-        success |= newly
+            logits = model(x_adv)
+        _keep_new_successes(found, success, x_adv, logits, y)
         return torch.where(success.view(-1, *[1] * (x.ndim - 1)), found, x_adv), success, state

@@ -1,0 +1,141 @@
+"""Our attacks and their peers on one model and batch, as zero-argument callables to time.
+
+Shared by the pytest-benchmark checks (``nox -s perf``) and ``python -m benchmarks.ratios``.
+Every callable attacks the same frozen model (eval mode, ``requires_grad=False`` on every
+parameter, as the runner attacks) at the same batch, L∞ ε, 20 steps of ε/4 from a random start:
+
+* ``pgd``, ``pgd-njs``, ``pgd-hns``: ours (``pgd-linf``, ``pgd-linf-njs``, ``pgd-linf-hns``; NJS
+  β1 is calibrated once per model, outside the timing, as the runner does);
+* ``torchattacks``: torchattacks' ``PGD`` (needs ``pip install --no-deps torchattacks``);
+* ``foolbox``: Foolbox's ``LinfPGD``;
+* ``apgd-ce``: AutoAttack's APGD-CE at 20 iterations, one restart (``pyautoattack``);
+* ``floor``: 20 × (one forward + one backward of the CE loss to the input), nothing else: no
+  attack can be cheaper with 20 gradient steps.
+
+Ratios are only meaningful within one process and one run: use :func:`interleaved`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ARCHS = ("mnist5k-mlp5x100-bnn-waq", "mnist5k-mlp3x512-bnn-waq", "mnist5k-convnet-bnn-waq")
+BATCH = 256
+EPS = 0.1
+STEPS = 20
+OURS = ("pgd", "pgd-njs", "pgd-hns")
+PEERS = ("torchattacks", "foolbox", "apgd-ce")
+
+
+def frozen(model: nn.Module) -> nn.Module:
+    """The model in eval mode with every parameter's ``requires_grad`` off (in place)."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def load(arch: str, batch: int = BATCH) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A zoo model (trained or loaded through the zoo) and its dataset's first test points."""
+    import zoo
+
+    model, _ = zoo.get_model(arch, progress=False)
+    x, y = zoo.load_dataset(zoo.model_spec(arch).dataset).test_subset(batch)
+    return frozen(model), x, y
+
+
+def floor(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = STEPS) -> None:
+    """``steps`` forward and backward passes to the input, the least a gradient attack does."""
+    for _ in range(steps):
+        xg = x.detach().requires_grad_(True)
+        loss = F.cross_entropy(model(xg), y, reduction="sum")
+        torch.autograd.grad(loss, xg)
+
+
+def torchattacks_available() -> bool:
+    try:
+        import torchattacks  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def runs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = EPS,
+         names: tuple[str, ...] = ("floor", *OURS, *PEERS)) -> dict[str, Callable[[], object]]:
+    """One zero-argument callable per name (names whose library is missing are left out)."""
+    from attacks import create_attack
+    from attacks.pgdpp import njs_beta1
+
+    out: dict[str, Callable[[], object]] = {}
+    for name in names:
+        if name == "floor":
+            out[name] = partial(floor, model, x, y)
+        elif name in OURS:
+            if name == "pgd-njs":
+                njs_beta1(model, x[:101])  # per model, once: not part of an attack's time
+            attack = create_attack(name.replace("pgd", "pgd-linf", 1))
+            gen = torch.Generator().manual_seed(0)
+            out[name] = partial(attack, model, x, y, eps=eps, generator=gen)
+        elif name == "foolbox":
+            import foolbox as fb
+
+            fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+            fpgd = fb.attacks.LinfPGD(steps=STEPS, abs_stepsize=eps / 4, random_start=True)
+            out[name] = partial(fpgd, fmodel, x, y, epsilons=eps)
+        elif name == "torchattacks" and torchattacks_available():
+            import torchattacks
+
+            tpgd = torchattacks.PGD(model, eps=eps, alpha=eps / 4, steps=STEPS,
+                                    random_start=True)
+            out[name] = partial(tpgd, x, y)
+        elif name == "apgd-ce":
+            from pyautoattack.autopgd_base import APGDAttack
+
+            apgd = APGDAttack(model, norm="Linf", eps=eps, n_iter=STEPS, n_restarts=1,
+                              loss="ce", seed=0, device=x.device)
+            out[name] = partial(apgd.perturb, x, y)
+    return out
+
+
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 1
+                ) -> dict[str, list[float]]:
+    """Seconds per call of each callable over ``rounds`` rounds; each round calls every
+    callable once, in a rotated order, so that a busy spell of the machine hits all alike."""
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def medians(times: dict[str, list[float]]) -> dict[str, float]:
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def ratio_rows(med: dict[str, float]) -> dict[str, float]:
+    """The issue's ratios of medians: ours over the floor and each peer, NJS and HNS over PGD."""
+    rows = {}
+    if "pgd" in med:
+        for other in ("floor", *PEERS):
+            if other in med:
+                rows[f"pgd/{other}"] = med["pgd"] / med[other]
+        faster = [med[p] for p in ("torchattacks", "foolbox") if p in med]
+        if faster:
+            rows["pgd/fastest-library-pgd"] = med["pgd"] / min(faster)
+        for ours in ("pgd-njs", "pgd-hns"):
+            if ours in med:
+                rows[f"{ours}/pgd"] = med[ours] / med["pgd"]
+    return rows

@@ -1,0 +1,145 @@
+"""The fast attack loop computes exactly (bit for bit) what the plain textbook loop computes.
+
+The loop of :class:`attacks.gradient.GradientAttack` works in place in preallocated buffers,
+and :func:`attacks.pgdpp.logits_and_jacobian` picks between a vmapped and a looped backward
+pass; neither may change a single bit of any result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+import zoo
+from attacks import create_attack
+from attacks import pgdpp as pp
+from attacks.gradient import (
+    GradientAttack,
+    ascent_direction,
+    ce_loss,
+    dlr_loss,
+    project,
+    random_start,
+    step_into,
+)
+from zoo.convnets import VGGNet
+from zoo.models import MLP
+
+
+def _grads(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Gradients as attacks meet them: zeros, entries whose squares underflow, huge ones."""
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randn(shape, generator=gen)
+    g[torch.rand(shape, generator=gen) < 0.3] = 0.0
+    g[1] *= 1e-24  # ‖g‖ underflows to 0 in float32
+    g[2] *= 1e30
+    g[3] = 0.0  # no gradient at all
+    return g
+
+
+@pytest.mark.parametrize("norm,eps,rel_step", [("linf", 0.1, 0.25), ("linf", 0.3, 1.0),
+                                               ("l2", 1.5, 0.125), ("l2", 0.5, 1.0)])
+def test_step_into_is_the_plain_expression_bit_for_bit(norm, eps, rel_step):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 1, 9, 9, generator=gen)
+    x[:, :, :2] = 0.0  # points on the box's faces
+    x[:, :, -2:] = 1.0
+    x_adv = random_start(x, eps, norm, gen)
+    step = rel_step * eps
+    for seed in range(3):
+        g = _grads(x.shape, seed)
+        expected = project(x_adv + step * ascent_direction(g, norm), x, eps, norm)
+        out = step_into(torch.empty_like(x), x_adv, g, x, step, eps, norm)
+        assert torch.equal(out, expected)
+        x_adv = out
+
+
+def _textbook(attack: GradientAttack, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+              eps: float, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The loop written plainly (a fresh tensor per operation, boolean-mask bookkeeping)."""
+    loss_fn = ce_loss if attack.loss == "ce" else dlr_loss
+    best = x.clone()
+    broken = torch.zeros(len(x), dtype=torch.bool)
+    states = []
+    for _ in range(attack.restarts):
+        todo = (~broken).nonzero().squeeze(1)
+        if len(todo) == 0:
+            break
+        xs, ys = x[todo], y[todo]
+        x_adv = random_start(xs, eps, attack.norm, gen)
+        state = attack.scaler.prepare(model, x_adv, ys)
+        found, success = x_adv.clone(), torch.zeros(len(xs), dtype=torch.bool)
+        for _ in range(attack.steps):
+            x_adv = x_adv.detach().requires_grad_(True)
+            logits = model(x_adv)
+            newly = (logits.detach().argmax(1) != ys) & ~success
+            found[newly] = x_adv.detach()[newly]
+            success |= newly
+            loss = loss_fn(attack.scaler.scale(logits, ys, state), ys).sum()
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            x_adv = project(x_adv.detach() + attack.rel_step * eps
+                            * ascent_direction(grad, attack.norm), xs, eps, attack.norm)
+        with torch.no_grad():
+            newly = (model(x_adv).argmax(1) != ys) & ~success
+        found[newly] = x_adv[newly]
+        success |= newly
+        states.append(state)
+        best[todo] = torch.where(success.view(-1, 1, 1, 1), found, x_adv)
+        broken[todo] |= success
+    return best, {"claimed_success": int(broken.sum()), **attack.scaler.stats(states)}
+
+
+@pytest.mark.parametrize("name,eps", [
+    ("fgsm", 0.1), ("pgd-linf", 0.1), ("pgd-l2", 0.5), ("pgd-linf-dlr", 0.1),
+    ("pgd-linf-njs", 0.1), ("pgd-l2-hns", 0.5), ("fgsm-hns", 0.2), ("pgd-linf-r5", 0.05),
+])
+def test_attack_loop_is_the_textbook_loop_bit_for_bit(name, eps):
+    model, _ = zoo.get_model("digits-mlp5x100-bnn-waq", progress=False)
+    model.eval()
+    x, y = zoo.load_dataset("digits").test_subset(48)
+    pp.njs_beta1(model, x, recompute=True)
+    attack = create_attack(name)
+    result = attack(model, x, y, eps=eps, generator=torch.Generator().manual_seed(5))
+    expected, info = _textbook(attack, model, x, y, eps, torch.Generator().manual_seed(5))
+    assert torch.equal(result.x_adv, expected)
+    assert result.info == info
+    assert 0 < info["claimed_success"] < len(x)  # a test that can tell success bookkeeping apart
+
+
+def _small_models() -> list[torch.nn.Module]:
+    torch.manual_seed(0)
+    convs = [VGGNet((4, "M", 8, "M"), (16,), in_channels=1, image_size=8, num_classes=10,
+                    quant=q) for q in ("ref", "bnn-wq", "bnn-waq")]
+    mlps = [MLP(64, [32, 32], 10, q) for q in ("ref", "bnn-waq")]
+    models = convs + mlps
+    for m in models:  # BN statistics that are not the identity
+        m.train()
+        with torch.no_grad():
+            m(torch.rand(32, 1, 8, 8))
+        m.eval()
+    return models
+
+
+def test_vmapped_and_looped_jacobians_agree_bit_for_bit(monkeypatch):
+    x = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    for model in _small_models():
+        assert pp._vmapped_backward_pays(model) == isinstance(model, MLP)
+        logits_a, jac_a = pp.logits_and_jacobian(model, x)
+        other_path = not pp._vmapped_backward_pays(model)
+        monkeypatch.setattr(pp, "_vmapped_backward_pays", lambda m, v=other_path: v)
+        logits_b, jac_b = pp.logits_and_jacobian(model, x)
+        monkeypatch.undo()
+        assert torch.equal(logits_a, logits_b) and torch.equal(jac_a, jac_b)
+        assert float(jac_a.abs().max()) > 0
+
+
+def test_both_jacobian_paths_count_one_forward_and_d_backward_passes(monkeypatch):
+    from bench.instrument import CountingModel
+
+    x = torch.rand(5, 1, 8, 8)
+    for model in _small_models()[1:4]:
+        counted = CountingModel(model).eval()
+        pp.logits_and_jacobian(counted, x)
+        assert (counted.forwards, counted.backwards) == (5, 50)

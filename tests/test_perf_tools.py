@@ -1,0 +1,61 @@
+"""The timing tools of ``benchmarks/`` run (their timings are checked by ``nox -s perf``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(f"qbench_benchmarks_{name}",
+                                                  BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_timing_smoke_runs_on_cpu(tmp_path, capsys):
+    gpu = _module("gpu_timing")
+    out = tmp_path / "gpu.json"
+    report = gpu.main(["--device", "cpu", "--smoke", "--variants", "fp32", "amp-bf16",
+                       "--out", str(out)])
+    assert json.loads(out.read_text()) == report
+    assert [(r["variant"], r["batch"]) for r in report["results"]] == [("fp32", 2),
+                                                                        ("amp-bf16", 2)]
+    for row in report["results"]:
+        for name in ("floor", "pgd-linf", "pgd-linf-njs", "pgd-linf-hns"):
+            assert isinstance(row["seconds"][name], float) and row["seconds"][name] > 0
+    table = capsys.readouterr().out
+    assert "| ref | fp32 | 2 |" in table and "PGD/floor" in table
+
+
+def test_gpu_timing_refuses_cuda_without_a_gpu(capsys):
+    gpu = _module("gpu_timing")
+    if gpu.torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(SystemExit) as err:
+        gpu.main(["--device", "cuda"])
+    assert err.value.code == 2 and "--device cpu" in capsys.readouterr().err
+
+
+def test_suite_time_counts_a_shared_search_once():
+    st = _module("suite_time")
+    b = st.breakdown("mnist5k")
+    rows = b["models"]
+    assert len(rows) == 13 and all(r["wall"] > 0 and r["train"] > 0 for r in rows)
+    cells = [json.loads(line) for line in (st.RECORDS / "mnist5k.cells.jsonl").open()]
+    run = [c for c in cells if c["versions"]["qbench_commit"] == b["commit"]]
+    raw = sum(c["seconds"] for c in run)
+    shared = {(c["model"], c["attack"]) for c in run if c["info"].get("search_shared_across_eps")}
+    assert shared, "the records hold DeepFool cells that share one search across ε"
+    attacks = sum(r["attacks"] for r in rows)
+    assert attacks == pytest.approx(sum(b["families"].values()))
+    assert attacks < raw  # the shared searches are counted once, not once per ε
+    assert sum(r["wall"] for r in rows) == pytest.approx(
+        sum(r["train"] + r["attacks"] + r["rest"] for r in rows))
+
