@@ -1,4 +1,4 @@
-"""FGSM and PGD (L∞ and L2), batched, as ../shared/spec/pgdpp.md §3 defines them.
+"""FGSM and PGD (L∞ and L2), batched, as Gupta & Ajanthan (AAAI 2022, Sec. 3) use them.
 
 * Random start: uniform in the L∞ ball; for L2, uniform in the L2 ball of the whole input.
 * L∞ step ``x ← Π(x + η·sign(∇ℓ))``; L2 step along ``∇ℓ / ‖∇ℓ‖₂`` per sample.
@@ -120,6 +120,9 @@ def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
 class GradientAttack(Attack):
     """PGD with ``steps`` steps of size ``rel_step · ε``; FGSM is ``steps=1, rel_step=1``."""
 
+    #: 2: the L2 step no longer underflows on saturated networks (see ascent_direction)
+    version = 2
+
     def __init__(
         self, *, norm: Norm = "linf", steps: int = 20, rel_step: float = 0.25,
         loss: str = "ce", restarts: int = 1, random_start: bool = True,
@@ -138,10 +141,10 @@ class GradientAttack(Attack):
         self.restarts = restarts
         self.random_start = random_start
         self.scaler = scaler or LogitScaler()
-        if norm == "l2":
-            # part of the configuration, hence of every L2 cell's key: cells recorded with the
-            # earlier, underflowing normalisation (see ascent_direction) are not reused
-            self.l2_direction = "rescaled"
+
+    def direction(self, grad: torch.Tensor) -> torch.Tensor:
+        """The ascent direction of one step (:func:`ascent_direction`)."""
+        return ascent_direction(grad, self.norm)
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
             generator: torch.Generator) -> AttackResult:
@@ -176,7 +179,7 @@ class GradientAttack(Attack):
             success |= newly
             loss = loss_fn(self.scaler.scale(logits, y, state), y).sum()
             (grad,) = torch.autograd.grad(loss, x_adv)
-            x_adv = project(x_adv.detach() + step * ascent_direction(grad, self.norm), x, eps,
+            x_adv = project(x_adv.detach() + step * self.direction(grad), x, eps,
                             self.norm)
         with torch.no_grad():
             newly = (model(x_adv).argmax(1) != y) & ~success

@@ -4,14 +4,6 @@ Every cell is appended to its suite's records as soon as it finishes, so an inte
 loses no finished cell, and a re-run skips every cell whose key (model weights, attack
 configuration, ε, test inputs, seed) is already recorded unless ``force`` is set.
 
-Starting points. Attacks that need an adversarial starting point per sample (Brendel-Bethge,
-:class:`attacks.library.StartingPointAttack`) run after every other attack of a model. Each
-sample's start is (a) a verified success of an earlier attack on the same model, norm and ε in
-this process (kept in memory in a :class:`StartPool`), else (b) the nearest training point (in
-the attack's norm) that the model assigns to another class than the sample's label. Samples with
-neither are not attacked (their candidate is the clean input). A resumed run that skips the
-earlier cells has fewer starts of kind (a); the cell's ``info`` records how many of each kind
-it used (``starts_from_attacks``, ``starts_from_train``, ``starts_none``).
 """
 
 from __future__ import annotations
@@ -31,12 +23,11 @@ from tqdm.auto import tqdm
 
 from attacks import check_eps, create_attack, list_attacks
 from attacks.base import AttackResult, MinimumNormAttack
-from attacks.library import StartingPointAttack, nearest_training_starts
 from bench import provenance
 from bench.calibrate import calibrate, diagnostics
 from bench.instrument import CountingModel
 from bench.suites import LimitRules, limit_rules
-from bench.verify import verify
+from bench.verify import predict, verify
 from results import CellRecord, ModelRecord, append, cells_path, latest_cells, models_path
 from results.store import latest_models
 from zoo import get_model, list_models, load_dataset, model_spec, tensor_sha256
@@ -98,7 +89,7 @@ class Grid:
         """(model, attack, ε) triples in run order."""
         out = []
         for m in self.models:
-            for a in run_order(self.attacks):
+            for a in self.attacks:
                 out.extend((m, a, e) for e in self.plan(a, m)[0])
         return out
 
@@ -193,70 +184,6 @@ class RunSummary:
         return len(self.records)
 
 
-def run_order(attacks: list[str]) -> list[str]:
-    """The attacks in the order they run on a model: attacks that need starting points last."""
-    needs = [getattr(create_attack(a), "needs_starts", False) for a in attacks]
-    return [a for a, n in zip(attacks, needs, strict=True) if not n] + [
-        a for a, n in zip(attacks, needs, strict=True) if n]
-
-
-class StartPool:
-    """Verified adversarial examples of one model at one (norm, ε), per test point, in memory.
-
-    ``attack_cell`` adds every verified success to the pool of its (norm, ε) and draws the
-    starting points of attacks that need them from it; ``train`` (the dataset's training
-    split) is the fallback source of starts.
-    """
-
-    def __init__(self, n: int, train: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-        self.n = n
-        self.train = train
-        self.x_adv: torch.Tensor | None = None
-        self.found = torch.zeros(n, dtype=torch.bool)
-        self.sources: list[str] = []
-        self._train_pred: torch.Tensor | None = None
-
-    def add(self, idx: torch.Tensor, x_adv: torch.Tensor, success: torch.Tensor,
-            attack_name: str) -> None:
-        """Keep the verified successes ``x_adv[success]`` of test points ``idx`` (first wins)."""
-        if self.x_adv is None:
-            self.x_adv = torch.zeros((self.n, *x_adv.shape[1:]), dtype=x_adv.dtype,
-                                     device=x_adv.device)
-            self.found = self.found.to(x_adv.device)
-        new = success.to(self.found.device) & ~self.found[idx]
-        if new.any():
-            self.x_adv[idx[new]] = x_adv[new].detach()
-            self.found[idx[new]] = True
-            if attack_name not in self.sources:
-                self.sources.append(attack_name)
-
-    def starts(self, model: nn.Module, idx: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-               norm: str) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
-        """(starts, valid, counts) for test points ``idx`` with inputs ``x`` and labels ``y``."""
-        starts = x.clone()
-        valid = torch.zeros(len(idx), dtype=torch.bool, device=x.device)
-        if self.x_adv is not None:
-            mine = self.found[idx].to(x.device)
-            starts[mine] = self.x_adv[idx[mine]].to(x.device, x.dtype)
-            valid |= mine
-        from_attacks = int(valid.sum())
-        rest = (~valid).nonzero().squeeze(1)
-        if len(rest) and self.train is not None:
-            if self._train_pred is None:
-                train_x = self.train[0].to(x.device, x.dtype)
-                with torch.no_grad():
-                    self._train_pred = torch.cat([model(train_x[i : i + 1000]).argmax(1)
-                                                  for i in range(0, len(train_x), 1000)])
-            near, ok = nearest_training_starts(model, x[rest], y[rest], self.train[0], norm,
-                                               train_pred=self._train_pred)
-            starts[rest[ok]] = near[ok]
-            valid[rest[ok]] = True
-        counts = {"starts_from_attacks": from_attacks,
-                  "starts_from_train": int(valid.sum()) - from_attacks,
-                  "starts_none": int((~valid).sum())}
-        return starts, valid, counts
-
-
 @contextlib.contextmanager
 def frozen_parameters(model: nn.Module) -> Iterator[None]:
     """No parameter gradients while attacking: attacks need input gradients only."""
@@ -278,16 +205,15 @@ def _sync(device: str) -> None:
 def attack_cell(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean_correct: torch.Tensor, *,
     attack_name: str, eps: float, seed: int, device: str, batch_size: int = 1000,
-    pool: StartPool | None = None, searches: dict | None = None,
+    train_x: torch.Tensor | None = None, searches: dict | None = None,
 ) -> dict:
     """Run one attack at one ε on the correctly classified points and verify the candidates.
 
     Returns the measured fields of a CellRecord. Exceptions from the attack are caught and
-    reported as an error cell; the grid goes on. ``pool`` (optional) holds the verified
-    successes of earlier attacks at the same model, norm and ε: this cell's successes are added
-    to it, and an attack that needs starting points draws them from it (without a pool, such an
-    attack attacks nothing). Finding starts and an attack's one-off ``warm_up()`` (if it has
-    one) are not counted in ``seconds`` or the pass counts.
+    reported as an error cell; the grid goes on. ``train_x`` (the dataset's training inputs)
+    is handed to attacks that take reference points (Brendel-Bethge's fallback starts). An
+    attack's one-off ``warm_up()`` (if it has one) is not counted in ``seconds`` or the pass
+    counts.
     """
     attack = create_attack(attack_name)
     idx = clean_correct.nonzero().squeeze(1)
@@ -304,16 +230,10 @@ def attack_cell(
             gen = torch.Generator(device=device).manual_seed(seed)
             if len(idx) and hasattr(attack, "warm_up"):
                 attack.warm_up()  # one-off per process (e.g. numba compilation): not timed
+            if hasattr(attack, "set_reference_points"):
+                attack.set_reference_points(train_x)
             for start in range(0, len(idx), batch_size):
                 b = idx[start : start + batch_size]
-                if isinstance(attack, StartingPointAttack):
-                    if pool is None:
-                        starts, valid, counts = x[b], torch.zeros_like(b, dtype=torch.bool), {
-                            "starts_none": len(b)}
-                    else:
-                        starts, valid, counts = pool.starts(model, b, x[b], y[b], attack.norm)
-                    attack.set_starts(starts, valid)
-                    _merge_info(out["info"], counts, 0)
                 if isinstance(attack, MinimumNormAttack) and searches is not None:
                     if start not in searches:  # the first ε of this attack: search once
                         searches[start] = _measured(
@@ -333,8 +253,6 @@ def attack_cell(
                 robust[b] = ~verdict.success
                 out["rejected"] += verdict.rejected
                 _merge_info(out["info"], result.info, len(b))
-                if pool is not None:
-                    pool.add(b, result.x_adv, verdict.success, attack_name)
     except Exception as exc:  # noqa: BLE001 - an attack's failure must not stop the grid
         out.update(status="error", error=f"{type(exc).__name__}: {exc}"[:500], robust_acc=None)
     else:
@@ -396,11 +314,8 @@ def evaluate_cells(
     known = known or {}
     limits = limits or {}
     x, y = (t.to(device) for t in dataset.test_subset(n))
-    with torch.no_grad():
-        clean_correct = model(x).argmax(1) == y
-    pools: dict[tuple[str, float], StartPool] = {}
-    train = (dataset.train_x, dataset.train_y)
-    for attack_name in run_order(list(attacks)):
+    clean_correct = predict(model, x) == y  # batched as verification batches
+    for attack_name in attacks:
         attack = create_attack(attack_name)
         eps_a, n_a = limits.get(attack_name, (eps.get(attack.norm, []), n))
         if n_a > n:
@@ -420,11 +335,10 @@ def evaluate_cells(
                 if progress is not None:
                     progress.update()
                 continue
-            pool = pools.setdefault((attack.norm, float(e)), StartPool(n, train))
             measured = attack_cell(model, x[:n_a], y[:n_a], clean_correct[:n_a],
                                    attack_name=attack_name, eps=e,
                                    seed=cell_seed(seed, model_name, attack_name, e),
-                                   device=device, pool=pool, searches=searches)
+                                   device=device, train_x=dataset.train_x, searches=searches)
             measured["info"].pop("_w", None)
             record = CellRecord(
                 key=key, suite=suite, dataset=dataset.name, model=model_name,
