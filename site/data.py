@@ -345,13 +345,18 @@ def _groups(columns: list[results_board.AttackColumn]) -> list[dict]:
     """Consecutive columns of one family group, for the header row above the attack names."""
     out: list[dict] = []
     for c in columns:
-        label = ("gradient" if c.family in ("gradient", "gradient-temperature")
-                 else KIND_LABEL.get(c.family, c.family))
-        if out and out[-1]["label"] == label:
+        kind = "gradient" if c.family == "gradient-temperature" else c.family
+        if out and out[-1]["kind"] == kind:
             out[-1]["span"] += 1
         else:
-            out.append({"label": label, "span": 1, "kind": c.family})
+            out.append({"label": GROUP_SHORT.get(kind, kind), "kind": kind, "span": 1,
+                        "title": KIND_LABEL.get(kind, kind)})
     return out
+
+
+#: short column-group labels (the headers of one or two narrow columns)
+GROUP_SHORT = {"gradient": "gradient", "minimum-norm": "min-norm", "gradient-free": "no ∇",
+               "combinatorial": "comb."}
 
 
 def _cell_view(c: results_board.BoardCell, row: results_board.BoardRow) -> dict | None:
