@@ -107,13 +107,23 @@ def column(doc: Node, key: str) -> list[str | None]:
 # ------------------------------------------------------------------ records
 
 
+def _config(attack: str) -> dict:
+    """A registered attack's real configuration (with its traits); a hand-made one otherwise
+    (the board then reads its family as unknown)."""
+    import attacks
+
+    if attack in attacks.list_attacks():
+        return attacks.create_attack(attack).config()
+    return {"class": "Handmade", "steps": 10, "loss": "ce"}
+
+
 def _cell(model: str, attack: str, robust: list[int], *, clean: list[int], status="ok",
           rejected=0, error=None, eps=0.1, seconds=0.01) -> CellRecord:
     n = len(clean)
     return CellRecord(
         key=f"{model}|{attack}|{eps}", suite="edge", dataset="digits", model=model,
         model_sha256="0" * 64, attack=attack,
-        attack_config={"class": "Handmade", "steps": 10, "loss": "ce"}, norm="linf", eps=eps,
+        attack_config=_config(attack), norm="linf", eps=eps,
         n=n, n_attacked=sum(clean), clean_acc=sum(clean) / n,
         robust_acc=sum(robust) / n if status == "ok" else None, seconds=seconds,
         seconds_per_sample=seconds / max(sum(clean), 1), device="cpu", seed=0, robust=robust,
