@@ -99,7 +99,9 @@ def board_rows(doc: Node) -> list[Node]:
 def column(doc: Node, key: str) -> list[str | None]:
     """The data-sort values of one column of the board table, in DOM order."""
     (table,) = doc.find("table", data_table="board")
-    heads = [th.attrs.get("data-key") for th in table.iter("th")]
+    # the cells' header row (not the row of family groups above it)
+    heads = [th.attrs.get("data-key") for th in table.iter("th")
+             if "nosort" not in th.attrs.get("class", "").split()]
     i = heads.index(key)
     return [[td for td in tr.iter("td")][i].attrs.get("data-sort") for tr in board_rows(doc)]
 
