@@ -16,6 +16,7 @@ import attacks
 from attacks.base import Attack, AttackResult
 from attacks.library import draw_seed, nearest_training_starts
 from attacks.registry import _ATTACKS, AttackSpec
+from attacks.traits import Traits
 from bench import runner
 from bench.verify import distance, verify
 
@@ -242,7 +243,8 @@ def test_out_of_ball_or_box_candidates_are_rejected(mode, norm, eps, batch, digi
         pred = model(digits.train_x).argmax(1)
     pool = (digits.train_x, pred)
     spec = AttackSpec(f"bad-{mode}", OutOfBounds, norm, "test only",
-                      {"norm": norm, "mode": mode, "pool": pool})
+                      {"norm": norm, "mode": mode, "pool": pool},
+                      Traits("gradient-free", f"bad-{mode}", uses_gradients=False))
     monkeypatch.setitem(_ATTACKS, spec.name, spec)
     clean = torch.ones(len(x), dtype=torch.bool)
     out = runner.attack_cell(model, x, y, clean, attack_name=spec.name, eps=eps, seed=0,
