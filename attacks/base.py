@@ -7,6 +7,7 @@ The benchmark verifies every candidate itself (ε-ball, [0, 1] box, misclassifie
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any, ClassVar, Literal, final
 import torch
 from torch import nn
 
+from attacks.traits import Traits
 from zoo.errors import BadEpsilonError
 
 Norm = Literal["linf", "l2"]
@@ -68,8 +70,15 @@ class Attack(ABC):
     norm: Norm  # a class attribute, or set per instance by attacks that take a norm
     #: needs gradients of the model (fails on models that cut the autograd graph)
     uses_gradients: ClassVar[bool] = True
+    #: bumped whenever the attack's behaviour changes (same hyperparameters, other candidates):
+    #: it is part of :meth:`config`, hence of every benchmark cell's key, so cells of the old
+    #: behaviour stop counting
+    version: ClassVar[int] = 1
+    #: the distributions whose code the attack runs (their installed versions join the config)
+    libraries: ClassVar[tuple[str, ...]] = ()
 
     name: str = ""  # set by the registry
+    traits: Traits | None = None  # set by the registry
 
     @final
     def __call__(
@@ -97,12 +106,36 @@ class Attack(ABC):
         """Return candidate adversarial examples for a validated, non-empty batch."""
 
     def config(self) -> dict[str, Any]:
-        """Hyperparameters that define this attack (part of a benchmark cell's identity)."""
-        return {"class": type(self).__name__, "norm": self.norm, **self._hyperparameters()}
+        """What defines this attack (part of a benchmark cell's identity): class, norm,
+        hyperparameters, ``version``, the versions of the libraries it wraps and its traits
+        (family, base attack, scaler, whether it uses gradients; see :mod:`attacks.traits`)."""
+        out = {"class": type(self).__name__, "norm": self.norm, **self._hyperparameters(),
+               "version": self.version}
+        if self.libraries:
+            out["library_versions"] = {lib: library_version(lib) for lib in self.libraries}
+        if self.traits is not None:
+            out["traits"] = self.traits.as_dict()
+        return out
 
     def _hyperparameters(self) -> dict[str, Any]:
         return {k: _plain(v) for k, v in vars(self).items() if not k.startswith("_")
-                and k != "name"}
+                and k not in ("name", "traits")}
+
+
+def library_version(distribution: str) -> str:
+    """The installed version of a distribution ("not installed" when it is missing)."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside transparent wrappers (modules that change no output and expose the
+    wrapped module as ``transparent_inner``, such as the benchmark's pass counter)."""
+    while isinstance(getattr(model, "transparent_inner", None), nn.Module):
+        model = model.transparent_inner
+    return model
 
 
 def _plain(v: Any) -> Any:

@@ -1,4 +1,4 @@
-"""FGSM and PGD (L∞ and L2), batched, as ../shared/spec/pgdpp.md §3 defines them.
+"""FGSM and PGD (L∞ and L2), batched, as Gupta & Ajanthan (AAAI 2022, Sec. 3) use them.
 
 * Random start: uniform in the L∞ ball; for L2, uniform in the L2 ball of the whole input.
 * L∞ step ``x ← Π(x + η·sign(∇ℓ))``; L2 step along ``∇ℓ / ‖∇ℓ‖₂`` per sample.
@@ -158,6 +158,9 @@ def _keep_new_successes(found: torch.Tensor, success: torch.Tensor, x_adv: torch
 class GradientAttack(Attack):
     """PGD with ``steps`` steps of size ``rel_step · ε``; FGSM is ``steps=1, rel_step=1``."""
 
+    #: 2: the L2 step no longer underflows on saturated networks (see ascent_direction)
+    version = 2
+
     def __init__(
         self, *, norm: Norm = "linf", steps: int = 20, rel_step: float = 0.25,
         loss: str = "ce", restarts: int = 1, random_start: bool = True,
@@ -176,10 +179,18 @@ class GradientAttack(Attack):
         self.restarts = restarts
         self.random_start = random_start
         self.scaler = scaler or LogitScaler()
-        if norm == "l2":
-            # part of the configuration, hence of every L2 cell's key: cells recorded with the
-            # earlier, underflowing normalisation (see ascent_direction) are not reused
-            self.l2_direction = "rescaled"
+
+    def direction(self, grad: torch.Tensor) -> torch.Tensor:
+        """The ascent direction of one step (:func:`ascent_direction`)."""
+        return ascent_direction(grad, self.norm)
+
+    def step_into(self, out: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor,
+                  x: torch.Tensor, step: float, eps: float) -> torch.Tensor:
+        """One step, ``project(x_adv + step · direction(grad))``, written into ``out``: in
+        place (:func:`step_into`) for the standard direction, plainly for an overridden one."""
+        if type(self).direction is GradientAttack.direction:
+            return step_into(out, x_adv, grad, x, step, eps, self.norm)
+        return out.copy_(project(x_adv + step * self.direction(grad), x, eps, self.norm))
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
             generator: torch.Generator) -> AttackResult:
@@ -214,7 +225,7 @@ class GradientAttack(Attack):
             _keep_new_successes(found, success, x_adv, logits.detach(), y)
             loss = loss_fn(self.scaler.scale(logits, y, state), y).sum()
             (grad,) = torch.autograd.grad(loss, leaf)
-            x_adv, spare = step_into(spare, x_adv, grad, x, step, eps, self.norm), x_adv
+            x_adv, spare = self.step_into(spare, x_adv, grad, x, step, eps), x_adv
         with torch.no_grad():
             logits = model(x_adv)
         _keep_new_successes(found, success, x_adv, logits, y)

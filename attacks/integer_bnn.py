@@ -1,4 +1,5 @@
-"""An exact integer view of a BNN-WAQ MLP (../shared/spec/pgdpp.md §5 and §8).
+"""An exact integer view of a BNN-WAQ MLP (BinaryNet-style, as in Gupta & Ajanthan, AAAI 2022,
+Sec. 6, and Khalil et al., ICLR 2019).
 
 A BNN-WAQ MLP is ``Flatten, [BinaryLinear(float bias) → BatchNorm1d(affine) → sign] × L,
 BinaryLinear``. In eval mode each hidden block is a threshold unit. With ``k = W_j·h`` (sign
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attacks.base import unwrap
 from zoo.errors import QBenchError
 from zoo.layers import BinaryLinear, SignActivation, sign_pm1
 
@@ -147,10 +149,14 @@ class IntegerBNN:
     ``layers[0]`` is the real-valued first layer (folded float64 ``σ``, ``τ``); ``hidden`` holds
     layers 2..L in integers; ``W_out``/``b_out`` the output layer. ``calibrated`` counts the
     integer thresholds where torch's float32 rounding moved a float64 threshold (usually 0).
+    ``forwards`` counts the inputs passed through the network (:meth:`forward_hidden`).
+    Transparent wrappers around the model (a pass counter) are looked through.
     """
 
     def __init__(self, model: nn.Module) -> None:
+        model = unwrap(model)
         blocks, out = _split_blocks(model)
+        self.forwards = 0
         self.model = model
         self.num_layers = len(blocks)
         self.widths = [lin.out_features for lin, _ in blocks]
@@ -256,6 +262,7 @@ class IntegerBNN:
 
     def forward_hidden(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The L hidden layers as int8 ±1 tensors of shape (B, n_l)."""
+        self.forwards += len(x)
         h1 = self.first_layer(x)
         return [h1, *self.forward_from(1, h1)]
 

@@ -1,6 +1,8 @@
 """IPROP without a MILP solver: a combinatorial L∞ attack on BNN-WAQ MLPs.
 
-After Khalil, Gupta and Dilkina (ICLR 2019), as ../shared/spec/pgdpp.md §8 restates it. The
+After Khalil, Gupta and Dilkina (ICLR 2019), compared with PGD++ in the appendix (Fig. 2) of
+Gupta & Ajanthan (AAAI 2022); the original solves small MILPs layer by layer, this version
+uses exact integer arithmetic and greedy / sorting steps instead. The
 attack works on the exact integer network (:mod:`attacks.integer_bnn`) and never uses a
 gradient. One round, for every sample still standing (all samples of a batch at once, and
 ``candidates`` independent tries per sample, which differ by random tie-breaking):
@@ -45,6 +47,7 @@ from torch import nn
 from attacks.base import Attack, AttackResult
 from attacks.integer_bnn import IntegerBNN
 from attacks.registry import register_attack
+from attacks.traits import Traits
 
 #: margin a first-layer unit must clear (float64 vs the model's float32) to count as satisfied
 INPUT_TOL = 1e-4
@@ -250,8 +253,19 @@ class IPROP(Attack):
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
             generator: torch.Generator) -> AttackResult:
         ib = IntegerBNN(model)  # raises UnsupportedModelError for other models
-        with torch.no_grad():
-            return self._run(ib, x, y, eps, generator)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # many small operations: one thread is the fastest
+        try:
+            with torch.no_grad():
+                result = self._run(ib, x, y, eps, generator)
+        finally:
+            torch.set_num_threads(threads)
+        # cost unit: forward passes of the exact integer network (one per evaluated input)
+        count = getattr(model, "count_forwards", None)
+        if callable(count):
+            count(ib.forwards)
+        result.info["integer_forwards"] = ib.forwards
+        return result
 
     def _run(self, ib: IntegerBNN, x: torch.Tensor, y: torch.Tensor, eps: float,
              gen: torch.Generator) -> AttackResult:
@@ -372,6 +386,8 @@ class IPROP(Attack):
 
 register_attack(
     "iprop", IPROP,
+    traits=Traits("combinatorial", "iprop", uses_gradients=False,
+                  applies_to={"arch": "mlp*", "quant": "bnn-waq"}),
     description="IPROP without a MILP solver (Khalil et al. 2019): exact integer target "
     "propagation on BNN-WAQ MLPs, L∞, no gradients; runner-up target first",
 )

@@ -10,12 +10,10 @@ own success flags are ignored; the benchmark verifies every candidate itself.
   points, whose top class is the label.
 * ``bba-linf`` / ``bba-l2``: Foolbox ``LinfinityBrendelBethgeAttack`` / ``L2BrendelBethgeAttack``
   with Foolbox's defaults (1,000 steps, lr 1e-3, 10 binary-search steps), clipped to the ε-ball.
-  Brendel-Bethge needs an adversarial starting point per sample, see
-  :class:`StartingPointAttack`; the benchmark runner provides them (earlier attacks' verified
-  successes, else the nearest training point of another predicted class). BB only ever moves
-  its best adversarial closer, so a start already inside the ε-ball is returned as it is
-  (``keep_inball_starts``) and the 1,000 steps are spent on the other points only: a BBA cell's
-  robust accuracy is therefore never above that of the attacks whose successes it started from.
+  Brendel-Bethge needs an adversarial starting point per sample: it starts from Foolbox's own
+  default initialisation, seeded from the cell, else from the nearest training point of another
+  predicted class (see :class:`BrendelBethge`). Its result depends on the cell only, never on
+  which other attacks ran before it.
 * ``apgd-ce`` / ``apgd-dlr``: pyautoattack ``APGDAttack``, 100 iterations, 1 restart, ρ = 0.75.
 * ``square``: pyautoattack ``SquareAttack`` with AutoAttack's standard settings (5,000 queries,
   p_init 0.8, 1 restart, no schedule rescaling); gradient-free.
@@ -43,12 +41,9 @@ from torch import nn
 
 from attacks.base import NORMS, Attack, AttackResult, MinimumNormAttack, Norm
 from attacks.registry import register_attack
+from attacks.traits import Traits
 
 _AA_NORM = {"linf": "Linf", "l2": "L2"}
-#: float tolerance of "inside the ε-ball" for kept starts; the same as bench/verify.py's
-#: (a start from a projected attack sits at ε up to float rounding)
-BALL_REL_TOL = 1e-5
-BALL_ABS_TOL = 1e-6
 
 
 def _check_norm(norm: str) -> Norm:
@@ -87,6 +82,8 @@ class DeepFool(MinimumNormAttack):
     DeepFool does not use), so one search serves every ε; the clipping is Foolbox's own.
     """
 
+    libraries = ("foolbox",)
+
     def __init__(self, *, norm: Norm = "linf", steps: int = 50, candidates: int = 10,
                  overshoot: float = 0.02, loss: str = "logits") -> None:
         self.norm = _check_norm(norm)
@@ -113,69 +110,45 @@ class DeepFool(MinimumNormAttack):
         return distance.clip_perturbation(x, x_min, eps)
 
 
-class StartingPointAttack(Attack):
-    """An attack that needs an adversarial starting point for every sample it attacks.
+def adversarial_in_batch(model: nn.Module, starts: torch.Tensor, y: torch.Tensor,
+                         sel: torch.Tensor) -> torch.Tensor:
+    """The indices ``sel`` whose starts the model misclassifies when it sees exactly the batch
+    ``starts[sel]`` (a point on the decision boundary may flip with the batch composition, and
+    Foolbox then rejects the whole batch): checked until stable, at most 5 times."""
+    with torch.no_grad():
+        for _ in range(5):
+            if len(sel) == 0:
+                return sel
+            adv = model(starts[sel]).argmax(1) != y[sel]
+            if adv.all():
+                return sel
+            sel = sel[adv]
+    return sel[:0]
 
-    The caller hands the starting points for the *next* call over with :meth:`set_starts`
-    (same batch order as that call's ``x``). A start is used only if it is marked valid,
-    finite, inside [0, 1] and misclassified by the model (checked again here, on exactly
-    the batch the library will see). Samples without a usable start are not attacked: their
-    candidate is the clean input. Without :meth:`set_starts`, no sample is attacked.
-    The starts are consumed by the call.
+
+class BrendelBethge(Attack):
+    """Foolbox's Brendel-Bethge attack (L∞ or L2), defaults, clipped to the ε-ball.
+
+    Brendel-Bethge walks along the decision boundary from an adversarial starting point. The
+    start belongs to the attack and depends only on the cell: Foolbox's own default
+    initialisation (``LinearSearchBlendedUniformNoiseAttack``: uniform noise blended towards
+    the input by a linear search), seeded from the attack's generator; where that finds no
+    adversarial point, the nearest training point (in the attack's norm) that the model
+    assigns to another class than the label (:meth:`set_reference_points` gives the training
+    inputs; without them there is no fallback). Samples without a start are not attacked
+    (their candidate is the clean input). Every candidate is what Brendel-Bethge returns,
+    clipped to the ε-ball; ``info`` records how many starts came from where.
     """
 
-    needs_starts: ClassVar[bool] = True
-
-    def set_starts(self, starts: torch.Tensor, valid: torch.Tensor | None = None) -> None:
-        """Starting points for the next call; ``valid`` (bool per sample) marks usable ones."""
-        if valid is None:
-            valid = torch.ones(len(starts), dtype=torch.bool, device=starts.device)
-        if len(valid) != len(starts):
-            raise ValueError(f"{len(valid)} validity flags for {len(starts)} starting points")
-        self._starts = (starts.detach(), valid.to(torch.bool))
-
-    def usable_starts(self, model: nn.Module, x: torch.Tensor,
-                      y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(starts, indices of the samples that have an adversarial start); consumes them."""
-        given = getattr(self, "_starts", None)
-        self._starts = None
-        if given is None:
-            return x, torch.zeros(0, dtype=torch.long, device=x.device)
-        starts, valid = given
-        if starts.shape != x.shape:
-            raise ValueError(f"starting points of shape {tuple(starts.shape)} for inputs of "
-                             f"shape {tuple(x.shape)}")
-        starts = starts.to(x.device, x.dtype)
-        flat = starts.flatten(1)
-        ok = valid.to(x.device) & torch.isfinite(flat).all(1) & (flat >= 0).all(1) & (
-            flat <= 1).all(1)
-        sel = ok.nonzero().squeeze(1)
-        # Re-check on exactly the batch the library will check: a point on the decision
-        # boundary may flip with the batch composition, and Foolbox then loses the whole batch.
-        with torch.no_grad():
-            for _ in range(5):
-                if len(sel) == 0:
-                    break
-                adv = model(starts[sel]).argmax(1) != y[sel]
-                if adv.all():
-                    break
-                sel = sel[adv]
-            else:
-                sel = sel[:0]
-        return starts, sel
-
-
-class BrendelBethge(StartingPointAttack):
-    """Foolbox's Brendel-Bethge attack (L∞ or L2), defaults, clipped to the ε-ball."""
+    #: 2: starts from its own seeded initialisation (1 took other attacks' successes)
+    version = 2
+    libraries = ("foolbox",)
 
     def __init__(self, *, norm: Norm = "linf", steps: int = 1000, lr: float = 1e-3,
                  lr_decay: float = 0.5, lr_num_decay: int = 20, momentum: float = 0.8,
                  overshoot: float = 1.1, binary_search_steps: int = 10,
-                 keep_inball_starts: bool = True) -> None:
+                 init_directions: int = 1000, init_steps: int = 1000) -> None:
         self.norm = _check_norm(norm)
-        #: a start already inside the ε-ball is returned as it is: BB only moves its current
-        #: best adversarial closer, so the verdict at ε is decided and the 1,000 steps are saved
-        self.keep_inball_starts = keep_inball_starts
         self.steps = steps
         self.lr = lr
         self.lr_decay = lr_decay
@@ -183,6 +156,16 @@ class BrendelBethge(StartingPointAttack):
         self.momentum = momentum
         self.overshoot = overshoot
         self.binary_search_steps = binary_search_steps
+        #: Foolbox's defaults of the blended-uniform-noise initialisation
+        self.init_directions = init_directions
+        self.init_steps = init_steps
+        self._reference: torch.Tensor | None = None
+        self._reference_pred: tuple[int, torch.Tensor] | None = None
+
+    def set_reference_points(self, train_x: torch.Tensor | None) -> None:
+        """Training inputs for the fallback start (see the class docstring)."""
+        self._reference = train_x
+        self._reference_pred = None
 
     def warm_up(self) -> None:
         """Compile Foolbox's numba solver (20-60 s, once per process) outside any timing:
@@ -212,18 +195,50 @@ class BrendelBethge(StartingPointAttack):
                        lr_num_decay=self.lr_num_decay, momentum=self.momentum,
                        overshoot=self.overshoot, binary_search_steps=self.binary_search_steps)
 
+    def starts(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
+        """(starts, indices of the samples with a usable start, counts per source)."""
+        import foolbox as fb
+
+        init = fb.attacks.LinearSearchBlendedUniformNoiseAttack(
+            directions=self.init_directions, steps=self.init_steps)
+        seed = draw_seed(generator)
+        with isolated_rng(x.device), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "failed to draw sufficient random inputs"
+            torch.manual_seed(seed)
+            starts = init.run(_fb_model(model, x.device), x,
+                              fb.criteria.Misclassification(y)).detach()
+        with torch.no_grad():
+            from_init = model(starts).argmax(1) != y
+        starts = torch.where(from_init.view(-1, *[1] * (x.ndim - 1)), starts, x)
+        from_train = torch.zeros_like(from_init)
+        rest = (~from_init).nonzero().squeeze(1)
+        if len(rest) and self._reference is not None:
+            near, ok = nearest_training_starts(model, x[rest], y[rest], self._reference,
+                                               self.norm,
+                                               train_pred=self._train_pred(model, x.device))
+            starts[rest[ok]] = near[ok]
+            from_train[rest[ok]] = True
+        sel = adversarial_in_batch(model, starts, y, (from_init | from_train).nonzero().squeeze(1))
+        counts = {"starts_from_init": int(from_init[sel].sum()),
+                  "starts_from_train": int(from_train[sel].sum()),
+                  "starts_none": len(x) - len(sel)}
+        return starts, sel, counts
+
+    def _train_pred(self, model: nn.Module, device: torch.device) -> torch.Tensor:
+        """The model's predictions on the reference points (cached per model object)."""
+        if self._reference_pred is None or self._reference_pred[0] != id(model):
+            ref = self._reference
+            with torch.no_grad():
+                pred = torch.cat([model(ref[i : i + 1000].to(device)).argmax(1)
+                                  for i in range(0, len(ref), 1000)])
+            self._reference_pred = (id(model), pred)
+        return self._reference_pred[1]
+
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
             generator: torch.Generator) -> AttackResult:
-        starts, sel = self.usable_starts(model, x, y)
+        starts, sel, info = self.starts(model, x, y, generator)
         x_adv = x.clone()
-        info: dict[str, Any] = {"no_start": len(x) - len(sel)}
-        if self.keep_inball_starts and len(sel):
-            delta = (starts[sel] - x[sel]).flatten(1)
-            dist = delta.abs().amax(1) if self.norm == "linf" else delta.norm(dim=1)
-            inside = dist <= eps * (1 + BALL_REL_TOL) + BALL_ABS_TOL
-            x_adv[sel[inside]] = starts[sel[inside]]
-            sel = sel[~inside]
-            info["kept_start"] = int(inside.sum())
         info["attacked"] = len(sel)
         if len(sel) == 0:
             return AttackResult(x_adv, info)
@@ -272,6 +287,8 @@ def nearest_training_starts(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 class APGD(Attack):
     """pyautoattack's APGD (Croce & Hein 2020) with the CE or the DLR loss."""
 
+    libraries = ("pyautoattack",)
+
     def __init__(self, *, norm: Norm = "linf", loss: str = "ce", n_iter: int = 100,
                  n_restarts: int = 1, rho: float = 0.75) -> None:
         if loss not in ("ce", "dlr"):
@@ -299,6 +316,7 @@ class Square(Attack):
     """pyautoattack's Square Attack (Andriushchenko et al. 2020): score-based, no gradients."""
 
     uses_gradients: ClassVar[bool] = False
+    libraries = ("pyautoattack",)
 
     def __init__(self, *, norm: Norm = "linf", n_queries: int = 5000, p_init: float = 0.8,
                  n_restarts: int = 1, loss: str = "margin") -> None:
@@ -327,11 +345,14 @@ class Square(Attack):
 class AutoAttackStandard(Attack):
     """The standard AutoAttack ensemble, from pyautoattack's original attack classes."""
 
-    def __init__(self, *, norm: Norm = "linf", version: str = "standard") -> None:
-        if version != "standard":
+    libraries = ("pyautoattack",)
+
+    def __init__(self, *, norm: Norm = "linf", aa_version: str = "standard") -> None:
+        if aa_version != "standard":
             raise ValueError("only AutoAttack's 'standard' version is wired up")
         self.norm = _check_norm(norm)
-        self.version = version
+        #: AutoAttack's own name of the ensemble ("standard"); ``version`` is the adapter's
+        self.aa_version = aa_version
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
             generator: torch.Generator) -> AttackResult:
@@ -340,7 +361,7 @@ class AutoAttackStandard(Attack):
         seed = draw_seed(generator)
         # The wrapper only configures its component attacks here; it does not call the model.
         aa = AutoAttack(model, norm=_AA_NORM[self.norm], eps=eps, seed=seed,
-                        version=self.version, device=x.device)
+                        version=self.aa_version, device=x.device)
         aa.verbose = False
         x_adv = x.clone()
         robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
@@ -387,31 +408,34 @@ class AutoAttackStandard(Attack):
 for _norm, _text in (("linf", "L∞"), ("l2", "L2")):
     register_attack(
         f"deepfool-{_norm}", DeepFool, norm=_norm,
+        traits=Traits("minimum-norm", f"deepfool-{_norm}"),
         description=f"DeepFool {_text} (Foolbox 3, defaults: 50 steps, top-10 classes, "
         "overshoot 0.02), clipped to the ε-ball",
     )
     register_attack(
         f"bba-{_norm}", BrendelBethge, norm=_norm,
+        traits=Traits("minimum-norm", f"bba-{_norm}"),
         description=f"Brendel-Bethge {_text} (Foolbox 3, defaults: 1000 steps), clipped to the "
-        "ε-ball, warm-started: from earlier attacks' verified successes at the same ε (kept "
-        "as they are), else from the nearest training point of another predicted class; "
-        "points without a start are not attacked",
+        "ε-ball; starts from Foolbox's default initialisation (blended uniform noise, seeded "
+        "per cell), else from the nearest training point of another predicted class; points "
+        "without a start are not attacked",
     )
 register_attack(
-    "apgd-ce", APGD, norm="linf", loss="ce",
+    "apgd-ce", APGD, norm="linf", loss="ce", traits=Traits("gradient", "apgd-ce"),
     description="APGD-CE L∞ (pyautoattack): 100 iterations, 1 restart, CE loss",
 )
 register_attack(
-    "apgd-dlr", APGD, norm="linf", loss="dlr",
+    "apgd-dlr", APGD, norm="linf", loss="dlr", traits=Traits("gradient", "apgd-dlr"),
     description="APGD-DLR L∞ (pyautoattack): 100 iterations, 1 restart, DLR loss",
 )
 register_attack(
     "square", Square, norm="linf",
+    traits=Traits("gradient-free", "square", uses_gradients=False),
     description="Square Attack L∞ (pyautoattack): 5000 queries, p_init 0.8, margin loss, "
     "no gradients",
 )
 register_attack(
-    "autoattack", AutoAttackStandard, norm="linf",
+    "autoattack", AutoAttackStandard, norm="linf", traits=Traits("gradient", "autoattack"),
     description="AutoAttack standard L∞ (pyautoattack's classes): APGD-CE, APGD-T, FAB-T, "
     "Square 5000 queries, each on the points the previous ones left",
 )

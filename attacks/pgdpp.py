@@ -1,4 +1,5 @@
-"""PGD++ / FGSM++: gradient attacks on temperature-scaled logits (../shared/spec/pgdpp.md §4).
+"""PGD++ / FGSM++: gradient attacks on temperature-scaled logits (Gupta & Ajanthan, AAAI 2022,
+Sec. 4).
 
 A positive β on the logits changes no prediction but undoes the softmax saturation that masks
 the gradient of binarized networks. Two ways of choosing β, both :class:`LogitScaler` s that plug
@@ -26,6 +27,7 @@ from torch import nn
 
 from attacks.gradient import FixedTemperature, GradientAttack, LogitScaler
 from attacks.registry import register_attack
+from attacks.traits import Traits
 
 #: the NJS confidence threshold ρ of the paper
 NJS_RHO = 0.01
@@ -360,11 +362,15 @@ _SCALER_TEXT = {
 def _register() -> None:
     for base, (settings, text) in _BASES.items():
         for scaler, scaler_text in _SCALER_TEXT.items():
+            kind = "fixed" if scaler.startswith("beta") else scaler
             register_attack(f"{base}-{scaler}", scaled_gradient_attack, scaler=scaler,
+                            traits=Traits("gradient-temperature", base, kind),
                             description=f"{text}; {scaler_text}", **settings)
         register_attack(f"{base}-dlr", GradientAttack, loss="dlr",
+                        traits=Traits("gradient", base),
                         description=f"{text}; DLR loss", **settings)
     register_attack("pgd-linf-r5", GradientAttack, restarts=5, **_BASES["pgd-linf"][0],
+                    traits=Traits("gradient", "pgd-linf"),
                     description="PGD L∞: 20 steps of ε/4, CE loss, 5 random restarts "
                     "(a sample counts as broken if any restart breaks it)")
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from attacks.base import Attack
+from attacks.traits import Traits
 from zoo.errors import UnknownNameError
 
 
@@ -18,18 +19,23 @@ class AttackSpec:
     norm: str
     description: str
     defaults: dict[str, Any]
+    traits: Traits
 
 
 _ATTACKS: dict[str, AttackSpec] = {}
 
 
 def register_attack(name: str, factory: Callable[..., Attack], *, description: str,
-                    **defaults: Any) -> None:
-    """Register ``factory(**defaults)`` under ``name`` (the factory is usually the class)."""
+                    traits: Traits, **defaults: Any) -> None:
+    """Register ``factory(**defaults)`` under ``name`` (the factory is usually the class),
+    with the traits that every cell of it records (see :mod:`attacks.traits`)."""
     if name in _ATTACKS:
         raise ValueError(f"attack {name!r} is registered twice")
     probe = factory(**defaults)
-    _ATTACKS[name] = AttackSpec(name, factory, probe.norm, description, dict(defaults))
+    if traits.uses_gradients != probe.uses_gradients:
+        raise ValueError(f"attack {name!r}: traits say uses_gradients={traits.uses_gradients}, "
+                         f"the class says {probe.uses_gradients}")
+    _ATTACKS[name] = AttackSpec(name, factory, probe.norm, description, dict(defaults), traits)
 
 
 def list_attacks(pattern: str = "*") -> list[str]:
@@ -47,4 +53,5 @@ def create_attack(name: str, **overrides: Any) -> Attack:
     spec = attack_spec(name)
     attack = spec.factory(**{**spec.defaults, **overrides})
     attack.name = name
+    attack.traits = spec.traits
     return attack

@@ -199,7 +199,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_board(args: argparse.Namespace) -> int:
     from bench.suites import DEFAULT_SUITE
-    from results import load
+    from results import load, load_models
     from results.tables import attack_costs, board, to_markdown
     from zoo.errors import QBenchError
 
@@ -214,7 +214,7 @@ def cmd_board(args: argparse.Namespace) -> int:
     default_eps = "0.1" if args.norm == "linf" else "1.5"
     eps_tokens = [f"{args.norm}={args.eps if args.eps is not None else default_eps}"]
     ((norm, (eps,)),) = parse_eps(eps_tokens).items()
-    table = board(cells, norm, eps)
+    table = board(cells, norm, eps, load_models(suite, root=args.results))
     if table.empty:
         have = sorted({(r.norm, float(r.eps)) for r in cells.itertuples()})
         raise QBenchError(f"suite {suite!r} has no cells at {norm} ε={eps:g}; recorded: "

@@ -1,4 +1,5 @@
-"""Flip rate under L∞ bounds: IPROP versus PGD / PGD++ (../shared/spec/pgdpp.md §8).
+"""Flip rate under L∞ bounds: IPROP versus PGD / PGD++ (Gupta & Ajanthan, AAAI 2022, appendix,
+Fig. 2).
 
 The protocol of the PGD++ paper's appendix (Fig. 2, after IPROP's paper): the share of test
 points whose prediction *flips* under an L∞ perturbation of size ε. Each attack gets the
@@ -7,7 +8,8 @@ class — clean mistakes are attacked like any other point (this is not adversar
 Every flip is verified here, independently of the attack: the candidate must be finite,
 inside the ε-ball around the clean input and inside [0, 1] (with the benchmark's float
 tolerance) and predicted differently by the model in eval mode; a candidate that breaks the
-threat model counts as no flip (and is counted in ``rejected``).
+threat model counts as no flip (and is counted in ``rejected``). NJS β1 is calibrated on the
+first 101 test images of the model's dataset, as the benchmark runner does.
 
 Run as ``python -m bench.fliprate --models mnist5k-mlp5x100-bnn-waq --n 500 --out DIR`` to
 write ``DIR/fliprate.csv`` and ``DIR/fliprate.png``. Imports only :mod:`zoo` and :mod:`attacks`.
@@ -28,6 +30,7 @@ import torch
 import attacks.iprop  # noqa: F401 - registers "iprop" even where attacks/__init__ does not
 import zoo
 from attacks import create_attack, list_attacks
+from attacks.pgdpp import NJS_N_REF, njs_beta1
 
 DEFAULT_MODELS = ("mnist5k-mlp5x100-bnn-waq", "mnist5k-mlp3x512-bnn-waq")
 DEFAULT_ATTACKS = ("iprop", "pgd-linf", "pgd-linf-njs", "pgd-linf-hns")
@@ -76,7 +79,9 @@ def flip_rate_sweep(model_names: Sequence[str], attack_names: Sequence[str],
     for model_name in model_names:
         model, _ = zoo.get_model(model_name, device=device, progress=progress)
         dataset = zoo.model_spec(model_name).dataset
-        x, y = zoo.load_dataset(dataset).test_subset(n)
+        data = zoo.load_dataset(dataset)
+        njs_beta1(model, data.test_x[:NJS_N_REF].to(device), recompute=True)  # as the runner
+        x, y = data.test_subset(n)
         x, y = x.to(device), y.to(device)
         with torch.no_grad():
             clean = model(x).argmax(1)

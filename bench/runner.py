@@ -4,14 +4,6 @@ Every cell is appended to its suite's records as soon as it finishes, so an inte
 loses no finished cell, and a re-run skips every cell whose key (model weights, attack
 configuration, ε, test inputs, seed) is already recorded unless ``force`` is set.
 
-Starting points. Attacks that need an adversarial starting point per sample (Brendel-Bethge,
-:class:`attacks.library.StartingPointAttack`) run after every other attack of a model. Each
-sample's start is (a) a verified success of an earlier attack on the same model, norm and ε in
-this process (kept in memory in a :class:`StartPool`), else (b) the nearest training point (in
-the attack's norm) that the model assigns to another class than the sample's label. Samples with
-neither are not attacked (their candidate is the clean input). A resumed run that skips the
-earlier cells has fewer starts of kind (a); the cell's ``info`` records how many of each kind
-it used (``starts_from_attacks``, ``starts_from_train``, ``starts_none``).
 """
 
 from __future__ import annotations
@@ -31,12 +23,11 @@ from tqdm.auto import tqdm
 
 from attacks import check_eps, create_attack, list_attacks
 from attacks.base import AttackResult, MinimumNormAttack
-from attacks.library import StartingPointAttack, nearest_training_starts
 from bench import provenance
 from bench.calibrate import calibrate, diagnostics
 from bench.instrument import CountingModel
 from bench.suites import LimitRules, limit_rules
-from bench.verify import verify
+from bench.verify import predict, verify
 from results import CellRecord, ModelRecord, cells_path, latest_cells, models_path
 from results.schema import RecordError, finite
 from results.store import CellLog, append_model, latest_models, latest_models_in
@@ -99,7 +90,7 @@ class Grid:
         """(model, attack, ε) triples in run order."""
         out = []
         for m in self.models:
-            for a in run_order(self.attacks):
+            for a in self.attacks:
                 out.extend((m, a, e) for e in self.plan(a, m)[0])
         return out
 
@@ -207,70 +198,6 @@ class RunSummary:
         return not self.errors and not self.failures
 
 
-def run_order(attacks: list[str]) -> list[str]:
-    """The attacks in the order they run on a model: attacks that need starting points last."""
-    needs = [getattr(create_attack(a), "needs_starts", False) for a in attacks]
-    return [a for a, n in zip(attacks, needs, strict=True) if not n] + [
-        a for a, n in zip(attacks, needs, strict=True) if n]
-
-
-class StartPool:
-    """Verified adversarial examples of one model at one (norm, ε), per test point, in memory.
-
-    ``attack_cell`` adds every verified success to the pool of its (norm, ε) and draws the
-    starting points of attacks that need them from it; ``train`` (the dataset's training
-    split) is the fallback source of starts.
-    """
-
-    def __init__(self, n: int, train: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-        self.n = n
-        self.train = train
-        self.x_adv: torch.Tensor | None = None
-        self.found = torch.zeros(n, dtype=torch.bool)
-        self.sources: list[str] = []
-        self._train_pred: torch.Tensor | None = None
-
-    def add(self, idx: torch.Tensor, x_adv: torch.Tensor, success: torch.Tensor,
-            attack_name: str) -> None:
-        """Keep the verified successes ``x_adv[success]`` of test points ``idx`` (first wins)."""
-        if self.x_adv is None:
-            self.x_adv = torch.zeros((self.n, *x_adv.shape[1:]), dtype=x_adv.dtype,
-                                     device=x_adv.device)
-            self.found = self.found.to(x_adv.device)
-        new = success.to(self.found.device) & ~self.found[idx]
-        if new.any():
-            self.x_adv[idx[new]] = x_adv[new].detach()
-            self.found[idx[new]] = True
-            if attack_name not in self.sources:
-                self.sources.append(attack_name)
-
-    def starts(self, model: nn.Module, idx: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-               norm: str) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
-        """(starts, valid, counts) for test points ``idx`` with inputs ``x`` and labels ``y``."""
-        starts = x.clone()
-        valid = torch.zeros(len(idx), dtype=torch.bool, device=x.device)
-        if self.x_adv is not None:
-            mine = self.found[idx].to(x.device)
-            starts[mine] = self.x_adv[idx[mine]].to(x.device, x.dtype)
-            valid |= mine
-        from_attacks = int(valid.sum())
-        rest = (~valid).nonzero().squeeze(1)
-        if len(rest) and self.train is not None:
-            if self._train_pred is None:
-                train_x = self.train[0].to(x.device, x.dtype)
-                with torch.no_grad():
-                    self._train_pred = torch.cat([model(train_x[i : i + 1000]).argmax(1)
-                                                  for i in range(0, len(train_x), 1000)])
-            near, ok = nearest_training_starts(model, x[rest], y[rest], self.train[0], norm,
-                                               train_pred=self._train_pred)
-            starts[rest[ok]] = near[ok]
-            valid[rest[ok]] = True
-        counts = {"starts_from_attacks": from_attacks,
-                  "starts_from_train": int(valid.sum()) - from_attacks,
-                  "starts_none": int((~valid).sum())}
-        return starts, valid, counts
-
-
 @contextlib.contextmanager
 def frozen_parameters(model: nn.Module) -> Iterator[None]:
     """No parameter gradients while attacking: attacks need input gradients only."""
@@ -292,18 +219,16 @@ def _sync(device: str) -> None:
 def attack_cell(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean_correct: torch.Tensor, *,
     attack_name: str, eps: float, seed: int, device: str, batch_size: int = 1000,
-    pool: StartPool | None = None, searches: dict | None = None,
+    train_x: torch.Tensor | None = None, searches: dict | None = None,
 ) -> dict:
     """Run one attack at one ε on the correctly classified points and verify the candidates.
 
     Returns the measured fields of a CellRecord. Exceptions from the attack are caught and
     reported as an error cell; the grid goes on. When the device runs out of memory, the
     attack is run once more from the start with half the batch (``info["oom_batch_size"]``
-    says so). ``pool`` (optional) holds the verified
-    successes of earlier attacks at the same model, norm and ε: this cell's successes are added
-    to it, and an attack that needs starting points draws them from it (without a pool, such an
-    attack attacks nothing). Finding starts and an attack's one-off ``warm_up()`` (if it has
-    one) are not counted in ``seconds`` or the pass counts.
+    says so). ``train_x`` (the dataset's training inputs) is handed to attacks that take
+    reference points (Brendel-Bethge's fallback starts). An attack's one-off ``warm_up()`` (if
+    it has one) is not counted in ``seconds`` or the pass counts.
     """
     attack = create_attack(attack_name)
     idx = clean_correct.nonzero().squeeze(1)
@@ -318,7 +243,7 @@ def attack_cell(
         out.update(rejected=0, info={"oom_batch_size": batch} if retry else {})
         try:
             _attack_batches(attack, model, x, y, idx, robust, out, cost, eps=eps, seed=seed,
-                            device=device, batch_size=batch, pool=pool,
+                            device=device, batch_size=batch, train_x=train_x,
                             searches=None if retry else searches)
         except torch.OutOfMemoryError as exc:
             if device.startswith("cuda"):
@@ -349,7 +274,7 @@ def attack_cell(
 def _attack_batches(
     attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
     robust: torch.Tensor, out: dict, cost: dict, *, eps: float, seed: int, device: str,
-    batch_size: int, pool: StartPool | None, searches: dict | None,
+    batch_size: int, train_x: torch.Tensor | None, searches: dict | None,
 ) -> None:
     """The batches of one attack cell: attack, verify, and fill ``robust``, ``out``, ``cost``."""
     counted = CountingModel(model).eval()
@@ -359,16 +284,10 @@ def _attack_batches(
         gen = torch.Generator(device=device).manual_seed(seed)
         if len(idx) and hasattr(attack, "warm_up"):
             attack.warm_up()  # one-off per process (e.g. numba compilation): not timed
+        if hasattr(attack, "set_reference_points"):
+            attack.set_reference_points(train_x)
         for start in range(0, len(idx), batch_size):
             b = idx[start : start + batch_size]
-            if isinstance(attack, StartingPointAttack):
-                if pool is None:
-                    starts, valid, counts = x[b], torch.zeros_like(b, dtype=torch.bool), {
-                        "starts_none": len(b)}
-                else:
-                    starts, valid, counts = pool.starts(model, b, x[b], y[b], attack.norm)
-                attack.set_starts(starts, valid)
-                _merge_info(out["info"], counts, 0)
             if isinstance(attack, MinimumNormAttack) and searches is not None:
                 if start not in searches:  # the first ε of this attack: search once
                     searches[start] = _measured(
@@ -387,8 +306,6 @@ def _attack_batches(
             robust[b] = ~verdict.success
             out["rejected"] += verdict.rejected
             _merge_info(out["info"], result.info, len(b))
-            if pool is not None:
-                pool.add(b, result.x_adv, verdict.success, attack.name)
 
 
 def _measured(call: Callable[[], AttackResult], counted: CountingModel, device: str
@@ -444,7 +361,7 @@ def plan_cells(dataset: Dataset, attacks: list[str], eps: dict[str, list[float]]
     limits = limits or {}
     hashes: dict[int, str] = {}
     out = []
-    for attack_name in run_order(list(attacks)):
+    for attack_name in attacks:
         attack = create_attack(attack_name)
         eps_a, n_a = limits.get(attack_name, (eps.get(attack.norm, []), n))
         if n_a > n:
@@ -472,14 +389,17 @@ Gate = Callable[[str], contextlib.AbstractContextManager[str]]
 
 def clean_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: int
                ) -> torch.Tensor:
-    """Which test points the model classifies correctly; refuses logits of the wrong shape."""
+    """Which test points the model classifies correctly, batched as verification batches
+    (:func:`bench.verify.predict`); refuses logits of the wrong shape."""
+    probe = x[:2]
     with torch.no_grad():
-        logits = model(x)
-    if not isinstance(logits, torch.Tensor) or logits.shape != (len(x), classes):
+        logits = model(probe)
+    if not isinstance(logits, torch.Tensor) or logits.shape != (len(probe), classes):
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
-        raise QBenchError(f"the model returned {shape} for {len(x)} inputs; expected logits "
-                          f"of shape ({len(x)}, {classes})")
-    return logits.argmax(1) == y
+        raise QBenchError(f"the model returned {shape} for {len(probe)} inputs; expected "
+                          f"logits of shape ({len(probe)}, {classes})")
+    with torch.no_grad():
+        return predict(model, x) == y
 
 
 def evaluate_cells(
@@ -503,9 +423,7 @@ def evaluate_cells(
         clean_correct = clean_pass(model, x, y, dataset.num_classes)
     except Exception as exc:  # noqa: BLE001 - reported as error cells by the caller
         raise StageError("clean pass", exc) from exc
-    pools: dict[tuple[str, float], StartPool] = {}
     searches: dict[str, dict] = {}  # a minimum-norm attack searches once for all its ε
-    train = (dataset.train_x, dataset.train_y)
     for cell in plan:
         key = cell.key(model_sha256, seed)
         if progress is not None:
@@ -517,11 +435,10 @@ def evaluate_cells(
                 if progress is not None and state == DONE:
                     progress.update()
                 continue
-            pool = pools.setdefault((cell.norm, cell.eps), StartPool(n, train))
             measured = attack_cell(model, x[:cell.n], y[:cell.n], clean_correct[:cell.n],
                                    attack_name=cell.attack, eps=cell.eps,
                                    seed=cell_seed(seed, model_name, cell.attack, cell.eps),
-                                   device=device, pool=pool,
+                                   device=device, train_x=dataset.train_x,
                                    searches=searches.setdefault(cell.attack, {}))
             measured["info"].pop("_w", None)
             measured["info"] = finite(measured["info"])

@@ -16,10 +16,16 @@ is still an upper bound on the true robust accuracy, and the tightest one the re
 comparable). Cells whose ``clean_correct`` vectors disagree on their common prefix cannot
 come from the same test points and raise ValueError.
 
+Only cells of one measurement setting are combined: the same weights (``model_sha256``), the
+same seed and the same test inputs (``inputs_sha256`` of each sample count). Per-sample vectors
+of two different networks, or of two different draws of test points, must not be combined:
+:func:`best_known` makes one row per (suite, dataset, model, weights, seed, norm, ε) and raises
+ValueError when two cells of one row and one sample count saw different inputs.
+
 Retrained models. Records are append-only, so a model that was retrained (other weights, other
-``model_sha256``) keeps the cells of its old weights. Per-sample vectors of two different
-networks must not be combined: for each (suite, dataset, model) only the cells of the weights
-of the most recently created cell count.
+``model_sha256``) keeps the cells of its old weights. Boards show each model's current run
+(:func:`current_runs`): the weights of its most recently created cell and, among those cells,
+the most common seed.
 """
 
 from __future__ import annotations
@@ -27,11 +33,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-KEYS = ["suite", "dataset", "model", "norm", "eps"]
+KEYS = ["suite", "dataset", "model", "model_sha256", "seed", "norm", "eps"]
 
 
 def best_known(cells: pd.DataFrame) -> pd.DataFrame:
-    """One row per (suite, dataset, model, norm, ε).
+    """One row per (suite, dataset, model, weights, seed, norm, ε).
 
     Columns: the keys, ``n`` (the largest sample count of the group), ``clean_acc``,
     ``best_known_acc`` (per-sample minimum over the attacks), ``best_attack`` (the single
@@ -42,10 +48,13 @@ def best_known(cells: pd.DataFrame) -> pd.DataFrame:
     """
     columns = [*KEYS, "n", "clean_acc", "best_known_acc", "best_attack", "best_attack_acc",
                "attacks", "broken_by", "unique_breaks"]
-    ok = current_weights(cells[cells["status"] == "ok"]) if len(cells) else cells
+    ok = cells[cells["status"] == "ok"] if len(cells) else cells
     rows = []
     for key, group in ok.groupby(KEYS, sort=True):
         group = group.sort_values(["seconds_per_sample", "attack"])
+        if "inputs_sha256" in group and (group.groupby("n")["inputs_sha256"].nunique() > 1).any():
+            raise ValueError(f"cells of {key} with the same number of test points have "
+                             "different inputs_sha256: they did not see the same test points")
         n = int(group["n"].max())
         full = group[group["n"] == n]
         clean_ok = np.array(full["clean_correct"].iloc[0], dtype=bool)
@@ -78,6 +87,24 @@ def best_known(cells: pd.DataFrame) -> pd.DataFrame:
             "attacks": len(group), "broken_by": broken_by, "unique_breaks": unique,
         })
     return pd.DataFrame(rows, columns=columns)
+
+
+def current_runs(cells: pd.DataFrame) -> pd.DataFrame:
+    """The cells of each model's current run: its most recent weights (:func:`current_weights`)
+    and, among their cells, the most common seed (ties: the seed of the latest cell)."""
+    cells = current_weights(cells)
+    if "seed" not in cells.columns or cells.empty:
+        return cells
+    keys = ["suite", "dataset", "model"]
+    order = cells.sort_values("created", kind="stable") if "created" in cells.columns else cells
+    chosen = {}
+    for key, g in order.groupby(keys, sort=False):
+        counts = g["seed"].value_counts()
+        top = counts[counts == counts.max()].index
+        chosen[key] = next(s for s in reversed(g["seed"].tolist()) if s in set(top))
+    mask = [chosen[(r.suite, r.dataset, r.model)] == r.seed
+            for r in cells[keys + ["seed"]].itertuples()]
+    return cells[mask]
 
 
 def current_weights(cells: pd.DataFrame) -> pd.DataFrame:

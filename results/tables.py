@@ -1,5 +1,6 @@
-"""Plain-text views of the records: one board (models × attacks at one threat model) and the
-cost of each attack, as DataFrames and as Markdown (``python -m bench board``)."""
+"""Plain-text views of the records: one board (models × attacks at one threat model, from
+:mod:`results.board`, the same board the site renders) and the cost of each attack, as
+DataFrames and as Markdown (``python -m bench board``)."""
 
 from __future__ import annotations
 
@@ -7,56 +8,53 @@ import math
 
 import pandas as pd
 
-from results.bestknown import best_known, current_weights
+from results import board as results_board
+from results.bestknown import current_runs
 
 
-def _at(cells: pd.DataFrame, norm: str, eps: float) -> pd.DataFrame:
-    ok = cells[(cells["norm"] == norm) & ((cells["eps"] - eps).abs() < 1e-9)]
-    return current_weights(ok)
-
-
-def board(cells: pd.DataFrame, norm: str, eps: float) -> pd.DataFrame:
-    """One row per model at (norm, ε): clean and robust accuracy per attack (fractions; NaN
-    where the attack did not run or failed), best-known accuracy, the single best attack, and
-    that attack's cost (ms and forward / backward passes per attacked sample).
+def board(cells: pd.DataFrame, norm: str, eps: float,
+          models: pd.DataFrame | None = None) -> pd.DataFrame:
+    """:func:`results.board.board` as a DataFrame, one row per model at (norm, ε): clean and
+    robust accuracy per attack (fractions; NaN where the attack did not run, "error" where it
+    failed, "n/a" where it does not apply to the model, which needs the model records
+    ``models``), best-known accuracy, the single best attack, and that attack's cost (ms and
+    forward / backward passes per attacked sample). Attack columns are in board order.
 
     Rows are ranked by best-known accuracy, most robust first. ``.attrs["n"]`` holds the test
     points of each (model, attack) cell: a suite may run an attack on a prefix only.
     """
-    here = _at(cells, norm, eps)
-    if here.empty:
+    b = results_board.board(cells, norm, eps, models)
+    if b is None:
         return pd.DataFrame()
-    ok = here[here["status"] == "ok"]
-    acc = ok.pivot_table(index="model", columns="attack", values="robust_acc", aggfunc="last")
-    counts = ok.pivot_table(index="model", columns="attack", values="n", aggfunc="last")
-    best = best_known(here).set_index("model")
-    out = pd.DataFrame(index=sorted(here["model"].unique()))
-    out["n"] = best["n"]
-    out["clean"] = best["clean_acc"]
-    out = out.join(acc)
-    out["best_known"] = best["best_known_acc"]
-    out["best_attack"] = best["best_attack"]
-    cost = ok.set_index(["model", "attack"])
-    ms, passes = [], []
-    for m, a in zip(out.index, out["best_attack"], strict=True):
-        if not isinstance(a, str):  # no ok cell at all for this model
-            ms.append(math.nan)
-            passes.append("")
-            continue
-        c = cost.loc[(m, a)]
-        ms.append(1000 * float(c["seconds_per_sample"]))
-        passes.append(f"{c['forwards_per_sample']:.0f}/{c['backwards_per_sample']:.0f}")
-    out["best_ms"], out["best_passes"] = ms, passes
-    out.index.name = "model"
-    out = out.sort_values(["best_known", "clean"], ascending=False)
-    out.attrs["n"] = counts
+    names = [c.name for c in b.columns]
+    records, counts = [], []
+    for r in b.rows:
+        row: dict[str, object] = {"model": r.model, "n": r.n,
+                                  "clean": math.nan if r.clean is None else r.clean}
+        for a in names:
+            c = r.cells[a]
+            row[a] = {"ok": c.acc, "error": "error", "n/a": "n/a"}.get(c.status, math.nan)
+            if row[a] is None:
+                row[a] = math.nan
+        best = r.best_cell
+        row["best_known"] = math.nan if r.best_known is None else r.best_known
+        row["best_attack"] = r.best_attack
+        row["best_ms"] = math.nan if best is None or best.ms_per_sample is None \
+            else best.ms_per_sample
+        row["best_passes"] = "" if best is None or best.forwards_per_sample is None else (
+            f"{best.forwards_per_sample:.0f}/{best.backwards_per_sample:.0f}")
+        records.append(row)
+        counts.append({"model": r.model, **{a: (math.nan if r.cells[a].n is None
+                                                 else float(r.cells[a].n)) for a in names}})
+    out = pd.DataFrame(records).set_index("model")
+    out.attrs["n"] = pd.DataFrame(counts).set_index("model")
     return out
 
 
 def attack_costs(cells: pd.DataFrame) -> pd.DataFrame:
     """Per attack over the ok cells: how many, and the median / max ms, forward and backward
     passes per attacked sample."""
-    ok = current_weights(cells[cells["status"] == "ok"])
+    ok = current_runs(cells[cells["status"] == "ok"])
     if ok.empty:
         return pd.DataFrame()
     ms = ok.assign(ms=1000 * ok["seconds_per_sample"])

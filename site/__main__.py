@@ -4,10 +4,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from leaderboard.build import build_site
+from leaderboard.build import SiteFolderError, build_site
 
 from results import RecordError
-from zoo.errors import QBenchError
 
 parser = argparse.ArgumentParser(prog="python -m leaderboard",
                                  description="Render the static leaderboard from the records.")
@@ -19,7 +18,7 @@ parser.add_argument("--out", type=Path, default=Path("public"),
 args = parser.parse_args()
 try:
     index = build_site(args.records, args.out)
-except (QBenchError, RecordError) as exc:
+except (SiteFolderError, RecordError) as exc:
     print(f"error: {exc}", file=sys.stderr)
     raise SystemExit(2) from None
 print(f"leaderboard written to {index}")

@@ -7,6 +7,7 @@ opened from disk):
   overview of best-known robust accuracy with the warning flags;
 - ``board-<suite>-<norm>-<ε>.html``: one leaderboard per suite and threat model;
 - ``attacks.html``: strength (gap to best-known) and cost of every attack;
+- ``paper.html``: the paper's claims, each checked against the records;
 - ``models.html`` and ``model-<name>.html``: the model cards, diagnostics and curves;
 - ``img/*.png`` (matplotlib), ``style.css``, ``sort.js`` (sortable tables, no framework).
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from leaderboard import data, plots
 
-from zoo.errors import QBenchError
+from results.board import attack_columns
 
 HERE = Path(__file__).resolve().parent
 
@@ -28,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 MARKER = ".qbench-site"
 
 
-class SiteFolderError(QBenchError):
+class SiteFolderError(ValueError):
     """The output folder is not empty and was not created by the site builder."""
 
 
@@ -80,8 +81,7 @@ def environment() -> Environment:
 def _plots(out_dir: Path, rec: data.Records, pages: list[dict], attack_rows: list[dict]) -> dict:
     """Draw every figure; returns {'attacks': the cost plot (src, w, h) or None}."""
     img = out_dir / "img"
-    kinds = {r.attack: data.attack_kind(r.attack, r.attack_config)
-             for r in rec.cells.itertuples()}
+    kinds = attack_columns(rec.cells)
     best = {}
     for r in rec.best.itertuples():
         best.setdefault((r.suite, r.model, r.norm), []).append((float(r.eps),
@@ -161,6 +161,7 @@ def build_site(records_root: Path | None, out_dir: Path) -> Path:
     write("attacks.html", "attacks.html", attacks=attack_rows, matrix=gap_matrix,
           cost_plot=figures["attacks"], provenance=everything)
     summaries = {m["model"]: m for s in suites for m in s["matrix"]}
+    write("paper.html", "paper.html", claims=data.paper_claims(rec), provenance=everything)
     write("models.html", "models.html", pages=pages, summaries=summaries,
           provenance=data.provenance(rec.models, rec.cells))
     for p in pages:

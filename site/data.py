@@ -19,9 +19,12 @@ import numpy as np
 import pandas as pd
 
 import results
-from results.bestknown import best_known
+from results import board as results_board
+from results import claims
+from results.bestknown import best_known, current_runs
 
-# --- thresholds of the warning badges (spec §7); stated on every page that shows badges ---
+# --- thresholds of the warning badges (gradient-masking checks after Athalye et al. 2018, as
+# Gupta & Ajanthan, AAAI 2022, Sec. 6 use them); stated on every page that shows badges ---
 ZERO_GRAD_SHARE = 0.10  # share of test points whose input gradient is exactly zero
 PP_GAP = 0.10  # plain attack's robust accuracy minus its best ++ (NJS/HNS) variant's
 GRADIENT_FREE_MARGIN = 0.01  # gradient-free attack below every gradient attack by at least this
@@ -35,8 +38,8 @@ BADGES = {
                   f"at least {ZERO_GRAD_SHARE:.0%} of the test points have an exactly-zero input "
                   "gradient (model diagnostics): gradient attacks are blind on them"),
     "gradient-free": ("black-box wins", "masking",
-                      "a gradient-free attack (Square, IPROP, …) leaves lower robust accuracy "
-                      "than every gradient attack, by at least "
+                      "an attack that uses no gradients (Square, IPROP) leaves lower robust "
+                      "accuracy than every gradient-based attack, by at least "
                       f"{100 * GRADIENT_FREE_MARGIN:.0f} point and one test point"),
     "pp-gap": ("PGD ≫ PGD++", "masking",
                f"a plain attack leaves more than {100 * PP_GAP:.0f} points more robust accuracy "
@@ -97,21 +100,12 @@ def model_file(model: str) -> str:
 
 
 def attack_kind(name: str, config: dict | None) -> str:
-    """'gradient-free', 'pgd++' (NJS/HNS temperature) or 'gradient'."""
-    config = config if isinstance(config, dict) else {}
-    low = str(name).lower()
-    cls = str(config.get("class", "")).lower()
-    if (config.get("gradient_free") is True or low.startswith(("square", "iprop", "transfer"))
-            or any(k in cls for k in ("square", "iprop", "transfer"))):
-        return "gradient-free"
-    scaler = config.get("scaler")
-    scaler = scaler.get("scaler") if isinstance(scaler, dict) else scaler
-    if scaler in ("njs", "hns") or low.endswith(("-njs", "-hns")):
-        return "pgd++"
-    return "gradient"
+    """The attack's family, from its recorded traits (:func:`results.board.traits_from_config`;
+    never from its name)."""
+    return results_board.traits_from_config(config)[0].get("family", "unknown")
 
 
-KIND_LABEL = {"gradient": "gradient", "pgd++": "PGD++", "gradient-free": "gradient-free"}
+KIND_LABEL = results_board.FAMILY_LABEL
 
 
 def config_summary(config: dict | None) -> str:
@@ -191,7 +185,10 @@ class Records:
 
 
 def load(records_root: Path | None) -> Records:
+    """The records the site shows: each model's current run (:func:`current_runs`: its latest
+    weights and their most common seed), its model records and the flip-rate CSV."""
     cells = results.load(root=records_root)
+    cells = current_runs(cells).reset_index(drop=True) if not cells.empty else cells
     models = results.load_models(root=records_root)
     notes: list[str] = []
     best = safe_best_known(cells, notes)
@@ -280,8 +277,10 @@ def model_diagnostics(models: pd.DataFrame) -> dict[tuple[str, str], dict]:
     return out
 
 
-def row_badges(cells: dict[str, Any], kinds: dict[str, str], diag: dict, n: int) -> list[dict]:
-    """Warning badges of one model at one threat model (``cells``: attack → cell row)."""
+def row_badges(row: results_board.BoardRow, columns: dict[str, results_board.AttackColumn],
+               diag: dict, n: int) -> list[dict]:
+    """Warning badges of one model at one threat model, from its board row and the recorded
+    traits of the board's attacks."""
     badges = []
 
     def add(kind: str, detail: str, label: str | None = None) -> None:
@@ -292,10 +291,9 @@ def row_badges(cells: dict[str, Any], kinds: dict[str, str], diag: dict, n: int)
     if share is not None and share >= ZERO_GRAD_SHARE:
         add("zero-grad", f"{100 * share:.1f}% of test points have an exactly-zero input "
             "gradient (plain cross-entropy)", f"∇ = 0 on {100 * share:.0f}%")
-    ok = {a: num(c.robust_acc) for a, c in cells.items()
-          if c.status == "ok" and num(c.robust_acc) is not None}
-    free = {a: v for a, v in ok.items() if kinds.get(a) == "gradient-free"}
-    grad = {a: v for a, v in ok.items() if kinds.get(a) != "gradient-free"}
+    ok = {a: c.acc for a, c in row.cells.items() if c.status == "ok" and c.acc is not None}
+    free = {a: v for a, v in ok.items() if not columns[a].uses_gradients}
+    grad = {a: v for a, v in ok.items() if columns[a].uses_gradients}
     if free and grad:
         fa, fv = min(free.items(), key=lambda t: (t[1], t[0]))
         ga, gv = min(grad.items(), key=lambda t: (t[1], t[0]))
@@ -304,115 +302,129 @@ def row_badges(cells: dict[str, Any], kinds: dict[str, str], diag: dict, n: int)
                 f"({ga}) {100 * gv:.1f}%")
     gaps = []
     for a, v in ok.items():
-        if kinds.get(a) != "gradient":
-            continue
-        pp = {p: ok[p] for p in (f"{a}-njs", f"{a}-hns") if p in ok}
+        col = columns[a]
+        if col.family != "gradient" or col.name != col.base:
+            continue  # plain attacks only (not their loss or restart variants)
+        pp = {p: pv for p, pv in ok.items() if columns[p].base == col.base
+              and columns[p].family == "gradient-temperature"
+              and columns[p].scaler in ("njs", "hns")}
         if pp:
             pa, pv = min(pp.items(), key=lambda t: (t[1], t[0]))
             if v - pv > PP_GAP:
                 gaps.append((v - pv, a, v, pa, pv))
     if gaps:
         gaps.sort(reverse=True)
-        family = "FGSM" if gaps[0][1].lower().startswith("fgsm") else "PGD"
+        family = "FGSM" if columns[gaps[0][1]].base == "fgsm" else "PGD"
         add("pp-gap", "; ".join(f"{a} {100 * v:.1f}% vs {pa} {100 * pv:.1f}% "
                                 f"(+{100 * g:.1f} points)" for g, a, v, pa, pv in gaps),
             f"{family} ≫ {family}++ (+{100 * gaps[0][0]:.0f})")
-    rejected = {a: int(c.rejected) for a, c in cells.items() if int(c.rejected or 0) > 0}
+    rejected = {a: c.rejected for a, c in row.cells.items() if c.rejected > 0}
     if rejected:
         add("rejected", "; ".join(f"{a}: {k} rejected" for a, k in sorted(rejected.items())),
             f"{sum(rejected.values())} rejected")
-    errors = {a: str(c.error) for a, c in cells.items() if c.status == "error"}
+    errors = {a: str(c.error) for a, c in row.cells.items() if c.status == "error"}
     if errors:
         add("error", "; ".join(f"{a}: {e}" for a, e in sorted(errors.items())),
             f"{len(errors)} error{'s' if len(errors) > 1 else ''}")
     return badges
 
 
-def attack_order(names: list[str], kinds: dict[str, str]) -> list[str]:
-    """Gradient attacks (each followed by its ++ variants), then gradient-free ones."""
-    def key(a: str) -> tuple:
-        base = re.sub(r"-(njs|hns)$", "", a)
-        return (kinds.get(a) == "gradient-free", base, a != base, a)
-    return sorted(names, key=key)
+def attack_order(names: list[str], configs: dict[str, dict]) -> list[str]:
+    """Attack names in board order (:func:`results.board.ordered`), from their configs."""
+    cols = [results_board.attack_column(a, configs.get(a)) for a in names]
+    return [c.name for c in results_board.ordered(cols)]
+
+
+def _column_view(c: results_board.AttackColumn) -> dict:
+    return {"name": c.name, "kind": c.family, "family": c.family,
+            "family_label": KIND_LABEL.get(c.family, c.family), "version": c.version,
+            "traits_source": c.traits_source, "uses_gradients": c.uses_gradients}
+
+
+def _groups(columns: list[results_board.AttackColumn]) -> list[dict]:
+    """Consecutive columns of one family group, for the header row above the attack names."""
+    out: list[dict] = []
+    for c in columns:
+        kind = "gradient" if c.family == "gradient-temperature" else c.family
+        if out and out[-1]["kind"] == kind:
+            out[-1]["span"] += 1
+        else:
+            out.append({"label": GROUP_SHORT.get(kind, kind), "kind": kind, "span": 1,
+                        "title": KIND_LABEL.get(kind, kind)})
+    return out
+
+
+#: short column-group labels (the headers of one or two narrow columns)
+GROUP_SHORT = {"gradient": "gradient", "minimum-norm": "min-norm", "gradient-free": "no ∇",
+               "combinatorial": "comb."}
+
+
+def _cell_view(c: results_board.BoardCell, row: results_board.BoardRow) -> dict | None:
+    if c.status == "not run":
+        return None
+    if c.status == "n/a":
+        return {"status": "n/a", "acc": None, "title": f"{c.attack}: not applicable to this "
+                "model (see the attacks page)", "n": row.n, "is_best": False, "rejected": 0,
+                "style": "", "gap": None, "error": None}
+    acc = c.acc if c.status == "ok" else None
+    best = row.best_known
+    gap = acc - best if acc is not None and best is not None else None
+    title = [f"{c.attack}: " + (f"{100 * acc:.1f}% robust" if acc is not None
+                                else f"error: {c.error}")]
+    if gap is not None:
+        title.append(f"+{100 * gap:.1f} points above best-known")
+    if c.ms_per_sample is not None:
+        title.append(f"{c.ms_per_sample:.2f} ms/sample")
+    if c.rejected:
+        title.append(f"{c.rejected} candidates rejected by verification")
+    if c.n is not None and c.n != row.n:
+        title.append(f"on the first {c.n} test points only")
+    return {"acc": acc, "status": c.status, "error": c.error, "gap": gap,
+            "is_best": row.best_attack == c.attack, "rejected": c.rejected,
+            "style": heat(acc), "title": " · ".join(title), "n": c.n}
 
 
 def boards(rec: Records) -> list[dict]:
-    """One leaderboard per (suite, norm, ε): models ranked by best-known robust accuracy."""
-    cells, out = rec.cells, []
-    if cells.empty:
+    """One leaderboard per (suite, norm, ε) (:func:`results.board.boards`, the board of
+    ``python -m bench board`` too): models ranked by best-known robust accuracy."""
+    out: list[dict] = []
+    if rec.cells.empty:
         return out
     diags = model_diagnostics(rec.models)
-    clean_of = {(r.suite, r.model): r.clean_acc for r in rec.models.itertuples()}
-    kinds = {r.attack: attack_kind(r.attack, r.attack_config) for r in cells.itertuples()}
-    bk = {(r.suite, r.model, r.norm, r.eps): r for r in rec.best.itertuples()}
-    for (suite, norm, eps), group in cells.groupby(["suite", "norm", "eps"], sort=True):
-        attacks = attack_order(sorted(group["attack"].unique()), kinds)
-        # a suite may run some models at fewer ε (suite limits): those are listed, not ranked
-        not_run = sorted(set(rec.models.loc[rec.models["suite"] == suite, "model"])
-                         - set(group["model"]))
-        n = int(group["n"].mode().iloc[0])
+    for b in results_board.boards(rec.cells, rec.models):
+        columns = {c.name: c for c in b.columns}
+        group = rec.cells[(rec.cells["suite"] == b.suite) & (rec.cells["norm"] == b.norm)
+                          & (rec.cells["eps"] == b.eps)]
         rows = []
-        for model in sorted(set(group["model"])):
-            mg = group[group["model"] == model]
-            by_attack = {r.attack: r for r in mg.itertuples()}
-            b = bk.get((suite, model, norm, eps))
-            best = num(b.best_known_acc) if b is not None else None
-            # clean accuracy on the row's own test points (those of its best-known value)
-            clean = num(b.clean_acc) if b is not None else num(clean_of.get((suite, model)))
-            if clean is None and len(mg):
-                clean = num(mg["clean_acc"].iloc[0])
-            row_n = int(b.n) if b is not None else int(mg["n"].max())
-            row_cells = []
-            for a in attacks:
-                c = by_attack.get(a)
-                if c is None:
-                    row_cells.append(None)
-                    continue
-                acc = num(c.robust_acc) if c.status == "ok" else None
-                gap = acc - best if acc is not None and best is not None else None
-                title = [f"{a}: " + (f"{100 * acc:.1f}% robust" if acc is not None
-                                     else f"error: {c.error}")]
-                if gap is not None:
-                    title.append(f"+{100 * gap:.1f} points above best-known")
-                title.append(f"{1000 * float(c.seconds_per_sample):.2f} ms/sample")
-                if c.rejected:
-                    title.append(f"{c.rejected} candidates rejected by verification")
-                if int(c.n) != row_n:
-                    title.append(f"on the first {int(c.n)} test points only")
-                row_cells.append({
-                    "acc": acc, "status": c.status, "error": c.error, "gap": gap,
-                    "is_best": b is not None and a == b.best_attack,
-                    "rejected": int(c.rejected or 0), "style": heat(acc),
-                    "title": " · ".join(title), "n": int(c.n),
-                })
-            badges = row_badges(by_attack, kinds, diags.get((suite, model), {}), n)
-            unique = b.unique_breaks if b is not None else {}
+        for r in b.rows:
             rows.append({
-                "model": model, "file": model_file(model), "clean": clean,
-                "clean_style": heat(clean), "best": best, "best_style": heat(best),
-                "best_attack": b.best_attack if b is not None else None,
-                "best_attack_acc": num(b.best_attack_acc) if b is not None else None,
-                "ensemble": (b is not None and best is not None
-                             and best < num(b.best_attack_acc) - 1e-12),
-                "unique": {k: v for k, v in (unique or {}).items() if v},
-                "cells": row_cells, "badges": badges, "n_cells": len(mg),
-                "n": row_n,
+                "model": r.model, "file": model_file(r.model), "clean": r.clean,
+                "clean_style": heat(r.clean), "best": r.best_known,
+                "best_style": heat(r.best_known), "best_attack": r.best_attack,
+                "best_attack_acc": r.best_attack_acc,
+                "ensemble": (r.best_known is not None and r.best_attack_acc is not None
+                             and r.best_known < r.best_attack_acc - 1e-12),
+                "unique": {k: v for k, v in r.unique_breaks.items() if v},
+                "cells": [_cell_view(r.cells[c.name], r) for c in b.columns],
+                "badges": row_badges(r, columns, diags.get((b.suite, r.model), {}), b.n),
+                "n_cells": sum(c.status in ("ok", "error") for c in r.cells.values()),
+                "n": r.n,
             })
-        rows.sort(key=lambda r: (r["best"] is None, -(r["best"] or 0), -(r["clean"] or 0),
-                                 r["model"]))
         for r in rows:  # competition ranking: equal best-known values share a rank
             r["rank"] = (1 + sum(1 for o in rows if o["best"] is not None
                                  and o["best"] > r["best"] + 1e-12)
                          if r["best"] is not None else None)
         out.append({
-            "suite": suite, "dataset": str(group["dataset"].iloc[0]), "norm": norm,
-            "eps": float(eps), "label": threat_label(norm, eps), "eps_label": fmt_eps(eps),
-            "norm_label": NORM_LABEL.get(norm, norm), "file": board_file(suite, norm, eps),
-            "n": n, "attacks": [{"name": a, "kind": kinds[a]} for a in attacks],
-            "rows": rows, "not_run": not_run,
-            "n_errors": int((group["status"] == "error").sum()),
+            "suite": b.suite, "dataset": b.dataset, "norm": b.norm, "eps": b.eps,
+            "label": threat_label(b.norm, b.eps), "eps_label": fmt_eps(b.eps),
+            "norm_label": NORM_LABEL.get(b.norm, b.norm),
+            "file": board_file(b.suite, b.norm, b.eps), "n": b.n,
+            "attacks": [_column_view(c) for c in b.columns], "groups": _groups(b.columns),
+            "rows": rows, "not_run": b.not_run,
+            "n_errors": sum(c.status == "error" for r in b.rows for c in r.cells.values()),
             "flagged": sum(1 for r in rows if r["badges"]),
-            "provenance": provenance(group),
+            "legacy": sorted(c.name for c in b.columns if c.traits_source != "recorded"),
+            "provenance": provenance(current_runs(group)),
         })
     return out
 
@@ -462,7 +474,7 @@ def suites(rec: Records, all_boards: list[dict]) -> list[dict]:
             "n": sorted({int(v) for v in sc["n"]} | {int(v) for v in sm["n"]}),
             "models": models, "attacks": attack_order(
                 sorted(sc["attack"].unique()),
-                {r.attack: attack_kind(r.attack, r.attack_config) for r in sc.itertuples()}),
+                {r.attack: r.attack_config for r in sc.itertuples()}),
             "eps": [(NORM_LABEL.get(k, k), v) for k, v in eps.items()],
             "n_cells": len(sc), "n_errors": int((sc["status"] == "error").sum()),
             "n_rejected": int(sc["rejected"].fillna(0).sum()) if len(sc) else 0,
@@ -570,7 +582,7 @@ def fmt_number(v: Any) -> str:
 
 
 def diagnostics_view(diag: dict) -> dict:
-    """Before/after-scaling table of the signal-propagation diagnostics (spec §7)."""
+    """Before/after-scaling table of the signal-propagation diagnostics (the paper's Table 13)."""
     used = set()
     table = []
     for label, base in DIAG_ROWS:
@@ -676,3 +688,18 @@ def model_pages(rec: Records, all_boards: list[dict]) -> list[dict]:
             "provenance": provenance(mc, mm),
         })
     return pages
+
+
+# ------------------------------------------------------------------ paper vs this zoo
+
+
+def paper_claims(rec: Records) -> list[dict]:
+    """The paper's claims checked on the records (:func:`results.claims.paper_claims`)."""
+    out = []
+    for c in claims.paper_claims(rec.cells, rec.models):
+        out.append({"key": c.key, "claim": c.claim, "where": c.where, "test": c.test,
+                    "verdict": c.verdict, "score": c.score,
+                    "comparisons": [{"model": x.model, "file": model_file(x.model),
+                                     "text": x.text, "holds": x.holds}
+                                    for x in c.comparisons]})
+    return out

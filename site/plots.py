@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 from leaderboard.data import NORM_LABEL, fmt_eps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from results.board import AttackColumn
+
 PALETTE = ["#1f4e8c", "#d1495b", "#2a9d8f", "#e9a23b", "#7b4fa0", "#6c8a2b", "#c2185b",
            "#3d7dca", "#8d6e63", "#00838f", "#ef6c00", "#546e7a"]
-STYLE = {"": "-", "njs": "--", "hns": "-.", "fixed": ":"}
+STYLE = {"none": "-", "njs": "--", "hns": "-.", "fixed": ":"}
 INK, MUTED, GRID = "#1b2230", "#5b6577", "#e3e7ee"
 
 
@@ -20,13 +21,6 @@ def _text(s: str) -> str:
     """Record text as plain matplotlib text: no mathtext, not hidden from the legend."""
     s = str(s).replace("$", r"\$")
     return f"·{s}" if s.startswith("_") else s
-
-
-def _family(attack: str) -> tuple[str, str]:
-    m = re.match(r"^(.*?)-(njs|hns|beta[0-9.]+)$", attack)
-    if not m:
-        return attack, ""
-    return m.group(1), "fixed" if m.group(2).startswith("beta") else m.group(2)
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -54,8 +48,12 @@ def _save(fig: Figure, path: Path) -> tuple[int, int]:
 
 
 def curves(path: Path, *, title: str, norm: str, series: dict[str, list[tuple[float, float]]],
-           best: list[tuple[float, float]], kinds: dict[str, str]) -> tuple[int, int]:
-    """Robust accuracy (%) against ε: one line per attack, best-known as a wide grey band."""
+           best: list[tuple[float, float]], kinds: dict[str, AttackColumn]) -> tuple[int, int]:
+    """Robust accuracy (%) against ε: one line per attack, best-known as a wide grey band.
+
+    ``kinds`` gives each attack's recorded traits (:func:`results.board.attack_column`): one
+    colour per base attack, the line style by temperature, square markers for attacks that
+    use no gradients."""
     fig = _figure(6.4, 3.6)
     ax = fig.add_subplot()
     _style_axes(ax)
@@ -64,13 +62,15 @@ def curves(path: Path, *, title: str, norm: str, series: dict[str, list[tuple[fl
         xs, ys = zip(*sorted(best), strict=True)
         ax.plot(xs, [100 * y for y in ys], color="#1b2230", alpha=0.18, linewidth=9,
                 solid_capstyle="round", label="best known", zorder=1)
-    for attack in sorted(series, key=lambda a: (kinds.get(a) == "gradient-free", a)):
+    for attack in sorted(series, key=lambda a: (kinds[a].sort_key if a in kinds else (9, a))):
         pts = sorted(series[attack])
-        base, variant = _family(attack)
+        col = kinds.get(attack)
+        base = col.base if col is not None else attack
         colour = colours.setdefault(base, PALETTE[len(colours) % len(PALETTE)])
         xs, ys = zip(*pts, strict=True)
-        free = kinds.get(attack) == "gradient-free"
-        ax.plot(xs, [100 * y for y in ys], linestyle=STYLE[variant], color=colour,
+        free = col is not None and not col.uses_gradients
+        ax.plot(xs, [100 * y for y in ys], color=colour,
+                linestyle=STYLE.get(col.scaler if col is not None else "none", "-"),
                 marker="s" if free else "o", markersize=4, linewidth=1.6,
                 label=_text(attack), zorder=3)
     eps = sorted({x for pts in series.values() for x, _ in pts})
@@ -102,7 +102,9 @@ def fliprate(path: Path, *, title: str,
     return _save(fig, path)
 
 
-KIND_COLOUR = {"gradient": "#1f4e8c", "pgd++": "#2a9d8f", "gradient-free": "#d1495b"}
+#: one colour per attack family (results.board.FAMILIES)
+KIND_COLOUR = {"gradient": "#1f4e8c", "gradient-temperature": "#2a9d8f",
+               "minimum-norm": "#e9a23b", "gradient-free": "#d1495b", "combinatorial": "#7b4fa0"}
 
 
 def cost_strength(path: Path, rows: list[dict]) -> tuple[int, int] | None:

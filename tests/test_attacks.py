@@ -100,8 +100,10 @@ def test_l2_direction_survives_gradients_whose_norm_underflows():
     d = ascent_direction(g, "l2")
     assert torch.allclose(d[0, 0, 0, :2], torch.tensor([0.6, -0.8]))
     assert float(d[1].norm()) == pytest.approx(1.0) and float(d[2].abs().sum()) == 0.0
-    assert attacks.create_attack("pgd-l2").config()["l2_direction"] == "rescaled"
-    assert "l2_direction" not in attacks.create_attack("pgd-linf").config()
+    # the reference normalisation g / max(‖g‖, 1e-12), registered as pgd-l2-floor, stands still
+    floor = attacks.create_attack("pgd-l2-floor")
+    assert float(floor.direction(g)[0].abs().sum()) < 1e-12
+    assert torch.allclose(floor.direction(g)[1], d[1])
 
 
 def test_l2_pgd_moves_on_a_saturated_binarized_mlp(digits_models, digits):

@@ -84,7 +84,7 @@ def test_board_prints_the_recorded_numbers_and_best_known(tmp_path, capsys, digi
     assert main(["board", "--suite", "digits", "--results", rec]) == 0
     lines = capsys.readouterr().out.splitlines()
     header = [c.strip() for c in lines[1].strip("|").split("|")]
-    assert header[:5] == ["model", "n", "clean", "fgsm", "pgd-linf"]
+    assert header[:5] == ["model", "n", "clean", "pgd-linf", "fgsm"]  # board order: PGD first
     rows = {r[0]: dict(zip(header, r, strict=True)) for r in (
         [c.strip() for c in line.strip("|").split("|")] for line in lines[3:])}
     assert set(rows) == {f"digits-mlp5x100-{q}" for q in ("ref", "bnn-wq", "bnn-waq")}

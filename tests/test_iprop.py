@@ -194,3 +194,30 @@ def test_flip_rate_sweep_verifies_and_plots(tmp_path):
     assert refused["flip_rate"].isna().all() and refused["error"].str.contains("bnn-waq").all()
     path = plot_flip_rate(df, tmp_path / "fliprate.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_iprop_runs_through_the_runner_and_counts_integer_forwards(digits):
+    """The runner's pass counter is a transparent wrapper: IPROP looks through it, and its
+    cost is the forward passes of its exact integer network (no backward passes)."""
+    import bench
+    from bench import runner
+
+    model, _ = zoo.get_model("digits-mlp5x100-bnn-waq", progress=False)
+    x, y = digits.test_subset(40)
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
+    out = runner.attack_cell(model, x, y, clean, attack_name="iprop", eps=0.2, seed=3,
+                             device="cpu")
+    assert out["status"] == "ok", out["error"]
+    attacked = int(clean.sum())
+    assert out["forwards_per_sample"] * attacked == out["info"]["integer_forwards"] > attacked
+    assert out["backwards_per_sample"] == 0
+    direct = create_attack("iprop")(model, x[clean], y[clean], eps=0.2,
+                                    generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        broken = model(direct.x_adv).argmax(1) != y[clean]
+    assert [v for v, c in zip(out["robust"], clean.tolist(), strict=True) if c] == [
+        int(not b) for b in broken.tolist()]
+    df = bench.evaluate(model, dataset="digits", attacks="iprop", eps=[0.2], n=40,
+                        device="cpu")
+    assert df["status"].tolist() == ["ok"] and df["robust_acc"].iloc[0] < 0.5

@@ -16,6 +16,7 @@ import attacks
 from attacks.base import Attack, AttackResult
 from attacks.library import draw_seed, nearest_training_starts
 from attacks.registry import _ATTACKS, AttackSpec
+from attacks.traits import Traits
 from bench import runner
 from bench.verify import distance, verify
 
@@ -122,59 +123,76 @@ def test_library_attacks_are_registered_with_their_norms():
 # --------------------------------------------------------------------------- Brendel-Bethge
 
 
-def test_bba_skips_samples_without_an_adversarial_start_and_attacks_the_rest(batch, digits):
+def test_bba_starts_from_its_own_init_else_a_training_point(batch, digits):
     model, x, y = batch
     x, y = x[:12], y[:12]
     starts, found = nearest_training_starts(model, x, y, digits.train_x, "linf")
     assert bool(found.all())
     with torch.no_grad():
         assert bool((model(starts).argmax(1) != y).all())  # adversarial by construction
-    starts[:4] = x[:4]  # marked valid, but not adversarial: must be dropped, not crash
-    valid = torch.ones(len(x), dtype=torch.bool)
-    valid[4:6] = False  # no start at all
     attack = attacks.create_attack("bba-linf", steps=100)  # one norm: one numba compilation
-    attack.set_starts(starts, valid)
     eps = 0.3
     torch.manual_seed(4)
     before = torch.get_rng_state()
     out = attack(model, x, y, eps=eps, generator=torch.Generator().manual_seed(0))
     assert torch.equal(torch.get_rng_state(), before)
-    assert out.info["no_start"] == 6 and out.info["attacked"] + out.info["kept_start"] == 6
-    assert torch.equal(out.x_adv[:6], x[:6])  # not attacked: the clean input
+    info = out.info
+    assert info["starts_from_init"] + info["starts_from_train"] + info["starts_none"] == len(x)
+    assert info["starts_from_init"] > 0 and info["attacked"] == len(x) - info["starts_none"]
     verdict = verify(model, x, y, out.x_adv, eps=eps, norm="linf")
     assert bool(verdict.in_ball.all()) and bool(verdict.in_box.all())
-    assert not verdict.success[:6].any()
-    assert int(verdict.success[6:].sum()) > 0
-    # without set_starts nothing is attacked, and the starts were consumed by the call
-    again = attack(model, x, y, eps=eps)
-    assert torch.equal(again.x_adv, x) and again.info["no_start"] == len(x)
+    assert int(verdict.success.sum()) > 0
+    # the same seed gives the same candidates; the init does not depend on any other attack
+    again = attack(model, x, y, eps=eps, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again.x_adv, out.x_adv)
+    # where the init finds nothing, the start is the nearest training point of another class:
+    # uniform noise falls into few classes, so take test points of the class noise falls into
+    with torch.no_grad():
+        noise = torch.rand((200, *x.shape[1:]), generator=torch.Generator().manual_seed(1))
+        c = int(model(noise).argmax(1).mode().values)
+        xt, yt = digits.test_subset(len(digits.test_y))
+        mine = (yt == c) & (model(xt).argmax(1) == yt)
+    xc, yc = xt[mine][:6], yt[mine][:6]
+    one = attacks.create_attack("bba-linf", steps=100, init_directions=1, init_steps=10)
+    one.set_reference_points(digits.train_x)
+    s, sel, counts = one.starts(model, xc, yc, torch.Generator().manual_seed(0))
+    assert counts["starts_from_train"] > 0 and counts["starts_none"] == 0, counts
+    with torch.no_grad():
+        assert bool((model(s[sel]).argmax(1) != yc[sel]).all())
+    one.set_reference_points(None)  # no training points: those samples have no start
+    _, sel, counts = one.starts(model, xc, yc, torch.Generator().manual_seed(0))
+    assert counts["starts_from_train"] == 0 and counts["starts_none"] > 0
+    assert len(sel) == counts["starts_from_init"]
 
 
-def test_bba_in_the_runner_runs_last_and_starts_from_earlier_successes(digits, digits_models,
-                                                                       monkeypatch):
-    model = digits_models["bnn-waq"]
+def _fast_bba(monkeypatch) -> None:
     spec = _ATTACKS["bba-linf"]  # 100 steps instead of 1,000: same code path, 10x faster
     monkeypatch.setitem(_ATTACKS, "bba-linf",
                         dataclasses.replace(spec, defaults={**spec.defaults, "steps": 100}))
-    rows = list(runner.evaluate_cells(
-        model, model_name="m", model_sha256="0" * 64, suite="t", dataset=digits,
-        attacks=["bba-linf", "pgd-linf"], eps={"linf": [0.1]}, n=16, seed=0, device="cpu",
-    ))
-    assert [r.attack for r in rows] == ["pgd-linf", "bba-linf"]
-    pgd, bba = rows
-    assert bba.status == "ok", bba.error
-    info = bba.info
-    broken_by_pgd = pgd.n_attacked - sum(pgd.robust)
-    assert info["starts_from_attacks"] == broken_by_pgd > 0
-    assert info["starts_from_train"] + info["starts_from_attacks"] + info["starts_none"] == \
-        bba.n_attacked
-    assert info["kept_start"] == broken_by_pgd  # verified successes inside the ball are kept
-    assert info["attacked"] == info["starts_from_train"] > 0  # the rest really ran
-    assert all(b <= p for b, p in zip(bba.robust, pgd.robust, strict=True))
-    assert bba.rejected == 0
-    # 100 steps (+ binary search) for every point BB really ran on; none for kept starts
-    assert bba.forwards_per_sample * bba.n_attacked >= 100 * info["attacked"]
-    assert bba.backwards_per_sample * bba.n_attacked >= 100 * info["attacked"]
+
+
+def test_a_bba_cell_gives_the_same_result_alone_and_after_pgdpp(digits, digits_models,
+                                                               monkeypatch):
+    """BBA is BBA on its own: its cell does not depend on which cells ran before it."""
+    _fast_bba(monkeypatch)
+    model = digits_models["bnn-waq"]
+    kw = dict(model_name="m", model_sha256="0" * 64, suite="t", dataset=digits,
+              eps={"linf": [0.1]}, n=16, seed=0, device="cpu")
+    alone = list(runner.evaluate_cells(model, attacks=["bba-linf"], **kw))
+    after = list(runner.evaluate_cells(model, attacks=["pgd-linf-njs", "pgd-linf", "bba-linf"],
+                                       **kw))
+    assert [r.attack for r in after] == ["pgd-linf-njs", "pgd-linf", "bba-linf"]
+    a, b = alone[0], after[-1]
+    assert a.status == b.status == "ok", (a.error, b.error)
+    assert a.key == b.key and a.robust == b.robust
+    assert {k: v for k, v in a.info.items()} == {k: v for k, v in b.info.items()}
+    info = a.info
+    assert info["starts_from_init"] + info["starts_from_train"] + info["starts_none"] == \
+        a.n_attacked
+    assert a.rejected == 0
+    # 100 steps (+ binary search) for every point BB really ran on
+    assert a.forwards_per_sample * a.n_attacked >= 100 * info["attacked"]
+    assert a.backwards_per_sample * a.n_attacked >= 100 * info["attacked"]
 
 
 def test_bba_on_a_graph_cutting_model_is_an_error_cell(batch, digits):
@@ -188,11 +206,10 @@ def test_bba_on_a_graph_cutting_model_is_an_error_cell(batch, digits):
         def forward(self, t):
             return self.inner(t.detach())
 
-    pool = runner.StartPool(len(x), (digits.train_x, digits.train_y))
     out = runner.attack_cell(GraphCut().eval(), x, y, torch.ones(len(x), dtype=torch.bool),
-                             attack_name="bba-linf", eps=0.1, seed=0, device="cpu", pool=pool)
+                             attack_name="bba-linf", eps=0.1, seed=0, device="cpu",
+                             train_x=digits.train_x)
     assert out["status"] == "error" and "grad" in out["error"]
-    assert out["info"]["starts_from_train"] == len(x)
 
 
 # --------------------------------------------------------------------------- verification
@@ -226,7 +243,8 @@ def test_out_of_ball_or_box_candidates_are_rejected(mode, norm, eps, batch, digi
         pred = model(digits.train_x).argmax(1)
     pool = (digits.train_x, pred)
     spec = AttackSpec(f"bad-{mode}", OutOfBounds, norm, "test only",
-                      {"norm": norm, "mode": mode, "pool": pool})
+                      {"norm": norm, "mode": mode, "pool": pool},
+                      Traits("gradient-free", f"bad-{mode}", uses_gradients=False))
     monkeypatch.setitem(_ATTACKS, spec.name, spec)
     clean = torch.ones(len(x), dtype=torch.bool)
     out = runner.attack_cell(model, x, y, clean, attack_name=spec.name, eps=eps, seed=0,

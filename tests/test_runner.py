@@ -109,3 +109,17 @@ def test_evaluate_a_model_the_user_brings(digits):
     by = df.set_index(["attack", "eps"])["robust_acc"]
     assert by["pgd-linf", 0.2] < by["pgd-linf", 0.05] <= df["clean_acc"].iloc[0]
     assert by["pgd-linf", 0.2] < 0.2
+
+
+def test_a_candidate_equal_to_its_clean_input_is_never_a_success(digits_models, digits):
+    from bench.verify import predict, verify
+
+    model = digits_models["bnn-waq"]
+    x, y = digits.test_subset(50)
+    wrong = (predict(model, x) + 1) % 10  # labels the clean inputs contradict
+    verdict = verify(model, x, wrong, x.clone(), eps=0.1, norm="linf")
+    assert not verdict.success.any() and not verdict.misclassified.any()
+    moved = x.clone()
+    moved[:, 0, 0, 0] = (moved[:, 0, 0, 0] + 1e-3).clamp(max=1.0)
+    changed = (moved != x).flatten(1).any(1)
+    assert verify(model, x, wrong, moved, eps=0.1, norm="linf").misclassified[changed].any()

@@ -3,6 +3,8 @@ accuracy over cells of different sample counts."""
 
 from __future__ import annotations
 
+import fnmatch
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,8 +14,10 @@ from torch import nn
 import attacks
 import bench
 import results
+import zoo
 from bench import runner
 from bench.suites import Limit, Suite
+from results.bestknown import current_runs
 from results.schema import CellRecord, to_dict
 
 
@@ -71,11 +75,6 @@ def test_pass_counts_of_pgd(k, digits, digits_models):
                               device="cpu")
     assert 100 <= apgd["forwards_per_sample"] <= 105
     assert 100 <= apgd["backwards_per_sample"] <= 102
-
-
-def test_start_needing_attacks_run_last():
-    assert runner.run_order(["bba-l2", "fgsm", "bba-linf", "square"]) == [
-        "fgsm", "square", "bba-l2", "bba-linf"]
 
 
 def test_suite_limits_apply_to_the_suites_own_eps_and_n(monkeypatch):
@@ -190,13 +189,30 @@ def test_best_known_over_a_prefix_cell_and_a_mismatch_is_refused():
         results.best_known(pd.DataFrame([to_dict(full), to_dict(wrong)]))
 
 
-def test_best_known_ignores_cells_of_older_weights_of_the_same_model():
+def test_best_known_combines_only_cells_of_the_same_weights_inputs_and_seed():
     clean = [1, 1, 1, 1]
-    old = _cell("a", [0, 0, 0, 0], clean, model_sha256="1" * 64, created="2026-01-01T00:00:00Z")
-    new = _cell("b", [1, 0, 1, 1], clean, created="2026-02-01T00:00:00Z")
-    newer = _cell("c", [1, 1, 0, 1], clean, created="2026-03-01T00:00:00Z")
-    best = results.best_known(pd.DataFrame([to_dict(c) for c in (new, old, newer)])).iloc[0]
-    assert best["attacks"] == 2 and best["best_known_acc"] == 2 / 4
+    t = "2026-0{}-01T00:00:00Z".format
+    old = _cell("a", [0, 0, 0, 0], clean, model_sha256="1" * 64, created=t(1))
+    new = _cell("b", [1, 0, 1, 1], clean, created=t(2))
+    newer = _cell("c", [1, 1, 0, 1], clean, created=t(3))
+    seed1 = _cell("d", [0, 1, 1, 1], clean, seed=1, created=t(4))
+    old_seed1 = _cell("e", [1, 1, 1, 0], clean, model_sha256="1" * 64, seed=1, created=t(5))
+    df = pd.DataFrame([to_dict(c) for c in (new, old, newer, seed1, old_seed1)])
+    best = results.best_known(df).set_index(["model_sha256", "seed"])
+    assert len(best) == 4  # one row per (weights, seed): nothing is mixed
+    assert best.loc[("0" * 64, 0), "attacks"] == 2
+    assert best.loc[("0" * 64, 0), "best_known_acc"] == 2 / 4
+    assert best.loc[("0" * 64, 1), "best_known_acc"] == 3 / 4
+    assert best.loc[("1" * 64, 0), "best_known_acc"] == 0.0
+    # a board shows the current run: the latest weights (those of cell e) and their most
+    # common seed (a tie between a's 0 and e's 1: the latest cell's)
+    assert set(current_runs(df)["attack"]) == {"e"}
+    df2 = pd.DataFrame([to_dict(c) for c in (new, old, newer, seed1)])
+    assert set(current_runs(df2)["attack"]) == {"b", "c"}  # seed 0 has two cells, seed 1 one
+    # same n, same weights and seed, other inputs: refused
+    other = _cell("f", [1, 1, 1, 1], clean, inputs_sha256="y", created=t(6))
+    with pytest.raises(ValueError, match="inputs_sha256"):
+        results.best_known(pd.DataFrame([to_dict(c) for c in (new, other)]))
 
 
 def test_default_suite_runs_every_attack_on_every_model_at_the_headline_eps():
@@ -209,9 +225,19 @@ def test_default_suite_runs_every_attack_on_every_model_at_the_headline_eps():
     assert {"deepfool-linf", "deepfool-l2", "bba-linf", "bba-l2", "apgd-ce", "apgd-dlr",
             "square", "autoattack", "pgd-linf-njs", "pgd-linf-hns"} <= set(grid.attacks)
     headline = {"linf": 0.1, "l2": 1.5}
+    cards = {m: zoo.model_spec(m) for m in grid.models}
     for model in grid.models:
         for attack in grid.attacks:
             values, n = grid.plan(attack, model)
-            norm = attacks.create_attack(attack).norm
-            assert headline[norm] in values, (model, attack)
+            made = attacks.create_attack(attack)
+            wanted = made.traits.applies_to
+            if wanted and not all(fnmatch.fnmatchcase(str(getattr(cards[model], k)), p)
+                                  for k, p in wanted.items()):
+                assert values == [], (model, attack)  # not applicable: not run
+                continue
+            assert headline[made.norm] in values, (model, attack)
             assert 50 <= n <= suite.n
+    # IPROP: every L∞ ε on all points of the two BNN-WAQ MLPs, nowhere else
+    waq = [m for m in grid.models if grid.plan("iprop", m)[0]]
+    assert waq == ["mnist5k-mlp3x512-bnn-waq", "mnist5k-mlp5x100-bnn-waq"]
+    assert all(grid.plan("iprop", m) == (suite.eps["linf"], suite.n) for m in waq)

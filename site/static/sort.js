@@ -104,6 +104,13 @@
         failures.length ? "fail: " + failures.join(", ") : "pass");
       document.documentElement.setAttribute("data-selftest-checks", String(checks));
     }
+    // how far the widest table container would scroll sideways (0: it fits the window);
+    // the test suite reads it at a given window width
+    var overflow = 0;
+    Array.prototype.forEach.call(document.querySelectorAll(".scroll"), function (el) {
+      overflow = Math.max(overflow, el.scrollWidth - el.clientWidth);
+    });
+    document.documentElement.setAttribute("data-scroll-overflow", String(overflow));
     document.documentElement.setAttribute("data-sort-ready", "1");
   }
 
