@@ -9,6 +9,7 @@ import bench
 import results
 from attacks.base import Attack, AttackResult
 from attacks.registry import _ATTACKS, AttackSpec
+from attacks.traits import Traits
 from bench import runner
 
 GRID = dict(suite="t", dataset="digits", models="digits-mlp5x100-ref,digits-mlp5x100-bnn-waq",
@@ -115,7 +116,8 @@ class UndefinedStatistic(Attack):
 
 def test_non_finite_info_is_stored_as_null(tmp_path, monkeypatch, digits, digits_models):
     monkeypatch.setitem(_ATTACKS, "undefined-stat", AttackSpec(
-        "undefined-stat", UndefinedStatistic, "linf", "test plugin", {}))
+        "undefined-stat", UndefinedStatistic, "linf", "test plugin", {},
+        Traits("gradient-free", "undefined-stat", uses_gradients=False)))
     rows = list(runner.evaluate_cells(
         digits_models["ref"], model_name="m", model_sha256="0" * 64, suite="t", dataset=digits,
         attacks=["undefined-stat"], eps={"linf": [0.1]}, n=30, seed=0, device="cpu"))
