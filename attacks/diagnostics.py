@@ -1,4 +1,5 @@
-"""Gradient-masking diagnostics of a model (../shared/spec/pgdpp.md §7, the paper's Table 13).
+"""Gradient-masking diagnostics of a model (Athalye et al. 2018;
+signal propagation as in Gupta & Ajanthan, AAAI 2022, Table 13).
 
 On the correctly classified points of a batch, before temperature scaling and after NJS and
 HNS scaling (β chosen at the clean points, as the attacks would at their start points):

@@ -2,8 +2,9 @@
 
 * NJS β1 is calibrated once per model on the first 101 test images of the dataset (the
   reference protocol), independently of which test points a cell attacks.
-* Gradient-masking diagnostics (spec §7) are computed on a suite's test points and stored in
-  its model record; values that are undefined (no correctly classified point) become None.
+* Gradient-masking diagnostics (Athalye et al. 2018; the paper's Table 13) are computed on a
+  suite's test points and stored in its model record; values that are undefined (no
+  correctly classified point) become None.
 """
 
 from __future__ import annotations

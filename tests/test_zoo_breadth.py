@@ -112,7 +112,7 @@ def test_bnn_wq_effective_weights_and_biases_are_signs(arch):
                 expect, latent = F.linear(inp, w, b), F.linear(inp, m.weight, m.bias)
             assert torch.allclose(out, expect, rtol=1e-5, atol=1e-4), type(m).__name__
             assert not torch.allclose(out, latent, rtol=1e-3, atol=1e-3)
-    # The last layer is binarized too (spec §5: every weight and bias, last layer too).
+    # The last layer is binarized too (every weight and bias, as the paper evaluates BNN-WQ).
     last = [m for m in model.modules() if isinstance(m, BinaryLinear)][-1]
     assert last.out_features == 10
 

@@ -1,4 +1,5 @@
-"""The paper's CIFAR-10 architectures (spec §5) in the three quantizations.
+"""The paper's CIFAR-10 architectures (ResNet-18 and VGG-16, as in Gupta & Ajanthan,
+AAAI 2022) in the three quantizations.
 
 * ``resnet18`` for ``ref`` and ``bnn-wq``: the standard CIFAR ResNet-18: a 3×3 stem of 64
   channels (no stride, no max-pool), four stages of two basic blocks (64, 128, 256, 512
@@ -13,7 +14,7 @@
 * ``vgg16`` for ``bnn-waq``: the reference's BinaryNet "VGG-16": six convolutions
   (128, 128, M, 256, 256, M, 512, 512, M) and three dense layers (1024, 1024, 10).
 
-The quantization rules are those of :mod:`zoo.convnets` (spec §5): BNN-WQ has sign weights and
+The quantization rules are those of :mod:`zoo.convnets`: BNN-WQ has sign weights and
 sign biases everywhere (stem, 1×1 shortcut projections and output layer included), BN without
 affine parameters and float ReLU; BNN-WAQ has sign weights, float biases, BN with affine
 parameters and sign activations; the first layer sees the real-valued image. The float ``ref``

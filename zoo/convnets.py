@@ -1,10 +1,11 @@
-"""VGG-style convolutional networks in the three quantizations of spec §5.
+"""VGG-style convolutional networks in the three quantizations that Gupta &
+Ajanthan (AAAI 2022) evaluate.
 
 :class:`VGGNet` is one plain stack of 3×3 convolutions and 2×2 max-pools followed by fully
 connected layers. It builds the small MNIST-family ``convnet`` (:func:`convnet`) and the CIFAR
 VGGs of :mod:`zoo.cifar`.
 
-Per quantization (spec §5):
+Per quantization (as in the paper's experiments):
 
 * ``ref``: float conv (with bias) → BN (affine) → ReLU, max-pool after the block.
 * ``bnn-wq``: sign-weight conv with a sign bias → BN *without* affine parameters → float ReLU,
@@ -15,7 +16,8 @@ Per quantization (spec §5):
   real-valued input; every hidden activation is exactly ±1.
 
 No layer has a scaling factor, and the output layer has no BN: the logits are the raw output
-of a (binarized) dense layer, which is what makes the softmax saturate (spec §1).
+of a (binarized) dense layer, which is what makes the softmax saturate (the paper's
+gradient-masking argument).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Binarized building blocks, exactly as ../shared/spec/pgdpp.md §5 defines them.
+"""Binarized building blocks, exactly as Gupta & Ajanthan (AAAI 2022) evaluate them
+(BinaryNet-style BNN-WAQ, sign-weight BNN-WQ).
 
 * ``sign_pm1`` maps to exactly +1/-1 (zero goes to +1), never 0.
 * Weights are binarized in every forward pass (training and evaluation alike, BinaryConnect

@@ -24,7 +24,7 @@ def dense(in_features: int, out_features: int, quant: str) -> nn.Module:
 
 
 def norm_act_1d(features: int, quant: str) -> list[nn.Module]:
-    """BatchNorm plus activation after a hidden dense layer (spec §5).
+    """BatchNorm plus activation after a hidden dense layer.
 
     ref: BN with affine parameters, ReLU. bnn-wq: BN *without* affine parameters, float ReLU.
     bnn-waq: BN with affine parameters, sign activation with straight-through gradient.
@@ -76,7 +76,7 @@ def conv3x3(in_channels: int, out_channels: int, quant: str, *, stride: int = 1,
     """A 3×3 convolution (padding 1) of the given quantization.
 
     ``bias`` applies to ``ref`` only: the binarized layers always carry a bias, a sign for
-    BNN-WQ (spec §5: every weight and bias is a sign) and a float for BNN-WAQ.
+    BNN-WQ (every weight and bias is a sign, as the paper evaluates it) and a float for BNN-WAQ.
     """
     return conv(in_channels, out_channels, 3, quant, stride=stride, padding=1, bias=bias)
 
@@ -93,7 +93,7 @@ def conv(in_channels: int, out_channels: int, kernel_size: int, quant: str, *, s
 
 
 def norm_2d(channels: int, quant: str) -> nn.Module:
-    """BatchNorm2d: without affine parameters for BNN-WQ, with them otherwise (spec §5)."""
+    """BatchNorm2d: without affine parameters for BNN-WQ, with them otherwise."""
     return nn.BatchNorm2d(channels, affine=quant != "bnn-wq")
 
 
