@@ -27,6 +27,7 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from bench.calibrate import calibrate
+from bench.determinism import enable_deterministic
 from bench.runner import (
     RUN,
     Grid,
@@ -108,10 +109,17 @@ def unit_plan(grid: Grid, data: Dataset, unit: Unit, sha: str) -> list[PlannedCe
     return [c for c in plan if c.key(sha, grid.seed) in unit.keys]
 
 
-def execute_unit(unit: Unit, shipped: Shipped, *, grid: Grid, data_root: str | None,
-                 device: str, threads: int) -> list[CellRecord]:
-    """Run one unit's cells where this function runs; their records (errors included)."""
+def prepare_worker(threads: int, deterministic: bool) -> None:
+    """Set a task's torch threads, and deterministic mode when the driver runs in it."""
     torch.set_num_threads(threads)
+    if deterministic:
+        enable_deterministic()
+
+
+def execute_unit(unit: Unit, shipped: Shipped, *, grid: Grid, data_root: str | None,
+                 device: str, threads: int, deterministic: bool = False) -> list[CellRecord]:
+    """Run one unit's cells where this function runs; their records (errors included)."""
+    prepare_worker(threads, deterministic)
     data = dataset(grid.dataset, data_root)
     fields = dict(suite=grid.suite, dataset=grid.dataset, model=unit.model,
                   model_sha256=shipped.sha256, device=device, seed=grid.seed)
@@ -131,9 +139,9 @@ def execute_unit(unit: Unit, shipped: Shipped, *, grid: Grid, data_root: str | N
 
 
 def describe_model(shipped: Shipped, *, grid: Grid, data_root: str | None, device: str,
-                   threads: int) -> ModelRecord:
+                   threads: int, deterministic: bool = False) -> ModelRecord:
     """The model's record (clean accuracy, gradient diagnostics), computed on a worker."""
-    torch.set_num_threads(threads)
+    prepare_worker(threads, deterministic)
     data = dataset(grid.dataset, data_root)
     model = unpack(shipped, data, device)
     return model_record(model, shipped.name, shipped.sha256, shipped.card, grid, data, device)
@@ -176,7 +184,8 @@ def run_on_ray(grid: Grid, rec: Recorder, *, address: str | None, gpus_per_task:
     opts = dict(num_cpus=threads_per_task, num_gpus=gpus_per_task, max_retries=MAX_RETRIES)
     cell_task = ray.remote(execute_unit).options(**opts)
     model_task = ray.remote(describe_model).options(**opts)
-    common = dict(grid=grid, data_root=data_root, device=device, threads=threads_per_task)
+    common = dict(grid=grid, data_root=data_root, device=device, threads=threads_per_task,
+                  deterministic=torch.are_deterministic_algorithms_enabled())
     data = load_dataset(grid.dataset, data_root)
     pending: dict = {}
     try:
