@@ -466,7 +466,7 @@ def test_site_builder_refuses_a_folder_it_did_not_create(tmp_path, records):
 
 
 def test_site_builder_claims_new_and_empty_folders_and_cleans_only_its_own(tmp_path):
-    from leaderboard.build import MARKER, build_site
+    from leaderboard.build import MARKER, SiteFolderError, build_site
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -476,5 +476,5 @@ def test_site_builder_claims_new_and_empty_folders_and_cleans_only_its_own(tmp_p
         (out / "board-stale.html").write_text("a page of an earlier build")
         build_site(tmp_path / "no-records", out)  # its own folder: stale pages go
         assert not (out / "board-stale.html").exists()
-    with pytest.raises(QBenchError, match="is a file"):
+    with pytest.raises(SiteFolderError, match="is a file"):
         build_site(tmp_path / "no-records", empty / "index.html")
