@@ -234,8 +234,6 @@ def attack_cell(
     idx = clean_correct.nonzero().squeeze(1)
     out: dict = {"attack_config": attack.config(), "norm": attack.norm,
                  "n_attacked": len(idx), "rejected": 0, "info": {}}
-    robust = clean_correct.clone()
-    cost = {"seconds": 0.0, "forwards": 0, "backwards": 0}
     batch = min(batch_size, max(len(idx), 1))
     for retry in (False, True):
         robust = clean_correct.clone()
