@@ -11,11 +11,11 @@ import sys
 import time
 
 import pytest
+from factories import make_cell
 
 import results
 from results.schema import RecordError
 from results.store import CellLog
-from tests.test_results import make_cell
 
 
 def test_complete_last_line_without_newline_is_kept_and_completed(tmp_path):

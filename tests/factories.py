@@ -1,0 +1,18 @@
+"""Record factories shared by the tests (imported as ``factories``: pytest puts ``tests/`` on
+the path)."""
+
+from __future__ import annotations
+
+from results.schema import CellRecord
+
+
+def make_cell(**over) -> CellRecord:
+    """A valid cell record: 4 points, 3 clean-correct, 1 robust; ``over`` replaces fields."""
+    base = dict(
+        key="k1", suite="s", dataset="digits", model="m", model_sha256="ab", attack="pgd-linf",
+        attack_config={"steps": 20}, norm="linf", eps=0.1, n=4, n_attacked=3, clean_acc=0.75,
+        robust_acc=0.25, seconds=1.0, seconds_per_sample=0.33, device="cpu", seed=0,
+        robust=[1, 0, 0, 0], clean_correct=[1, 1, 1, 0], inputs_sha256="cd",
+    )
+    base.update(over)
+    return CellRecord(**base)
