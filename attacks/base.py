@@ -58,10 +58,16 @@ def check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
 
 @dataclass
 class AttackResult:
-    """Candidate adversarial inputs plus what the attack wants recorded (β values, …)."""
+    """Candidate adversarial inputs plus what the attack wants recorded (β values, …).
+
+    ``per_point`` holds lists with one entry per input of the batch (e.g. a verifier's
+    verdicts); the benchmark records them over the whole test set, ``""`` where a point was
+    not attacked (misclassified clean).
+    """
 
     x_adv: torch.Tensor
     info: dict[str, Any] = field(default_factory=dict)
+    per_point: dict[str, list] = field(default_factory=dict)
 
 
 class Attack(ABC):

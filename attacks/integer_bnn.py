@@ -33,6 +33,11 @@ from attacks.base import unwrap
 from zoo.errors import QBenchError
 from zoo.layers import BinaryLinear, SignActivation, sign_pm1
 
+#: Margin (in first-layer pre-activation units) by which a float64 first-layer margin must clear 0
+#: to be sure of the sign that the model's float32 arithmetic gives; IPROP's input step and the
+#: exact verifier (:mod:`attacks.milp`) both use it.
+FIRST_LAYER_TOL = 1e-4
+
 SUPPORTED = "bnn-waq MLPs (Flatten, [BinaryLinear with float bias → BatchNorm1d(affine=True) → " \
     "SignActivation] × L, BinaryLinear)"
 
@@ -282,5 +287,5 @@ class IntegerBNN:
         return self.logits(x).argmax(1)
 
 
-__all__ = ["SUPPORTED", "BNFold", "IntegerBNN", "IntegerLayer", "UnsupportedModelError",
+__all__ = ["FIRST_LAYER_TOL", "SUPPORTED", "BNFold", "IntegerBNN", "IntegerLayer", "UnsupportedModelError",
            "fold_bn"]

@@ -45,12 +45,9 @@ import torch
 from torch import nn
 
 from attacks.base import Attack, AttackResult
-from attacks.integer_bnn import IntegerBNN
+from attacks.integer_bnn import FIRST_LAYER_TOL, IntegerBNN
 from attacks.registry import register_attack
 from attacks.traits import Traits
-
-#: margin a first-layer unit must clear (float64 vs the model's float32) to count as satisfied
-INPUT_TOL = 1e-4
 
 
 def last_layer_flips(h: torch.Tensor, c: torch.Tensor, S: torch.Tensor | int,
@@ -148,7 +145,7 @@ def _input_sat(ib: IntegerBNN, x: torch.Tensor, u: torch.Tensor, w: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted count of met layer-1 targets and the unmet mask, at inputs x (B, N)."""
     rho = u * ib.first_margins(x)
-    met = torch.where(u > 0, rho >= INPUT_TOL, rho > INPUT_TOL)
+    met = torch.where(u > 0, rho >= FIRST_LAYER_TOL, rho > FIRST_LAYER_TOL)
     return (w * met).sum(1), ~met
 
 

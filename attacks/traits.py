@@ -9,7 +9,9 @@ attack's name. Families, in the order the boards group their columns:
 * ``minimum-norm``: attacks that search the smallest adversarial perturbation and are then
   clipped to the ε-ball (DeepFool, Brendel-Bethge);
 * ``gradient-free``: score-based attacks that never call a backward pass (Square);
-* ``combinatorial``: attacks on the exact integer network of a BNN (IPROP).
+* ``combinatorial``: attacks on the exact integer network of a BNN (IPROP);
+* ``exact``: verifiers that decide each point (robust, broken, or unknown at a time limit)
+  with a solver on the exact integer network (the MILP oracle).
 
 ``base`` names the attack a variant belongs to (``pgd-linf`` for ``pgd-linf-njs``), ``scaler``
 the temperature (``none``, ``njs``, ``hns``, ``fixed``), ``applies_to`` the model cards the
@@ -23,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 FAMILIES = ("gradient", "gradient-temperature", "minimum-norm", "gradient-free",
-            "combinatorial")
+            "combinatorial", "exact")
 SCALERS = ("none", "njs", "hns", "fixed")
 
 

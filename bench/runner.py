@@ -238,7 +238,7 @@ def attack_cell(
     for retry in (False, True):
         robust = clean_correct.clone()
         cost = {"seconds": 0.0, "forwards": 0, "backwards": 0}
-        out.update(rejected=0, info={"oom_batch_size": batch} if retry else {})
+        out.update(rejected=0, info={"oom_batch_size": batch} if retry else {}, per_point={})
         try:
             _attack_batches(attack, model, x, y, idx, robust, out, cost, eps=eps, seed=seed,
                             device=device, batch_size=batch, train_x=train_x,
@@ -258,6 +258,9 @@ def attack_cell(
             out.update(status="ok", error=None, robust_acc=int(robust.sum()) / len(robust))
         break
     n_att = max(len(idx), 1)
+    per_point = out.pop("per_point", {})
+    if out.get("status") == "ok":
+        out["info"].update(spread_per_point(per_point, idx.tolist(), len(clean_correct)))
     out.update(
         robust=[int(v) for v in robust.tolist()],
         clean_correct=[int(v) for v in clean_correct.tolist()],
@@ -304,6 +307,24 @@ def _attack_batches(
             robust[b] = ~verdict.success
             out["rejected"] += verdict.rejected
             _merge_info(out["info"], result.info, len(b))
+            for k, values in result.per_point.items():
+                out.setdefault("per_point", {}).setdefault(k, []).extend(values)
+
+
+def spread_per_point(per_point: dict[str, list], attacked: list[int], n: int
+                     ) -> dict[str, list]:
+    """An attack's per-point lists (one entry per attacked point, in order) over all ``n``
+    test points, ``""`` where a point was not attacked."""
+    out = {}
+    for k, values in per_point.items():
+        if len(values) != len(attacked):
+            raise RuntimeError(f"per-point list {k!r} has {len(values)} entries for "
+                               f"{len(attacked)} attacked points")
+        full: list = [""] * n
+        for i, v in zip(attacked, values, strict=True):
+            full[i] = v
+        out[k] = full
+    return out
 
 
 def _measured(call: Callable[[], AttackResult], counted: CountingModel, device: str
