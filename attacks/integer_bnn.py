@@ -287,5 +287,5 @@ class IntegerBNN:
         return self.logits(x).argmax(1)
 
 
-__all__ = ["FIRST_LAYER_TOL", "SUPPORTED", "BNFold", "IntegerBNN", "IntegerLayer", "UnsupportedModelError",
-           "fold_bn"]
+__all__ = ["FIRST_LAYER_TOL", "SUPPORTED", "BNFold", "IntegerBNN", "IntegerLayer",
+           "UnsupportedModelError", "fold_bn"]

@@ -36,7 +36,7 @@ def _trained_tiny(seed: int, in_features: int = 6, hidden=(8, 6), classes: int =
     model = MLP(in_features, list(hidden), classes, "bnn-waq")
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
-    for step in range(300):
+    for _ in range(300):
         b = torch.randint(0, len(x), (64,), generator=gen)
         loss = nn.functional.cross_entropy(model(x[b]) / 2, y[b])
         opt.zero_grad()
@@ -45,8 +45,9 @@ def _trained_tiny(seed: int, in_features: int = 6, hidden=(8, 6), classes: int =
     return model.eval()
 
 
-def _first_layer_affine(model: MLP) -> tuple[np.ndarray, np.ndarray]:
-    """Unit j of layer 1 is +1 iff ``G_j·x + g_j ≥ 0`` (BN folded in float64, by hand)."""
+def _first_layer_affine(model: MLP) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit j of layer 1 is +1 iff ``G_j·x + g_j ≥ 0`` (BN folded in float64, by hand), and
+    the BN scale |s_j| that turns the verifier's pre-activation tolerance into G's units."""
     lin, bn = model.net[1], model.net[2]
     W = torch.where(lin.weight >= 0, 1.0, -1.0).double()
     s = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).double()
@@ -77,7 +78,7 @@ def brute_force(model: MLP, x0: torch.Tensor, label: int, eps: float) -> str:
         if pred == label:
             continue
 
-        def reachable(margin: np.ndarray) -> bool:
+        def reachable(margin: np.ndarray, s: np.ndarray = s) -> bool:
             # s_j·(G_j·x + g_j) ≥ margin_j   ⇔   −s_j·G_j·x ≤ s_j·g_j − margin_j
             res = linprog(np.zeros(len(lo)), A_ub=-s[:, None] * G, b_ub=s * g - margin,
                           bounds=list(zip(lo, hi, strict=True)), method="highs")
