@@ -223,7 +223,8 @@ def cmd_board(args: argparse.Namespace) -> int:
         import fnmatch
 
         pats = [a.strip() for a in args.attacks.split(",") if a.strip()]
-        meta = {"n", "clean", "best_known", "best_attack", "best_ms", "best_passes"}
+        meta = {"n", "clean", "best_known", "proved", "exact", "best_attack", "best_ms",
+                "best_passes"}
         kept = table[[c for c in table.columns if c in meta
                       or any(fnmatch.fnmatchcase(c, p) for p in pats)]]
         kept.attrs = table.attrs

@@ -15,7 +15,10 @@ numbers. What a board uses:
 * **Columns** are grouped by family in a fixed order: PGD, its PGD++ NJS and HNS versions and
   the other PGD variants first, then FGSM and its variants, the other gradient attacks
   (APGD, AutoAttack), minimum-norm (DeepFool, Brendel-Bethge), gradient-free (Square) and
-  combinatorial (IPROP) attacks.
+  combinatorial (IPROP) attacks, and last the exact verifier (the MILP oracle).
+* **Exact ground truth.** Where a board row has a verifier cell, the row carries its summary
+  (:mod:`results.exact`): proved-robust share, exact robust accuracy or the interval it lies
+  in, each attack's gap to it, and contradictions.
 * **Not applicable.** An attack whose traits restrict it to some models (IPROP: BNN-WAQ MLPs)
   shows "n/a" on the others (by their model cards), never an error.
 
@@ -33,16 +36,18 @@ from typing import Any
 import pandas as pd
 
 from results.bestknown import best_known, current_runs
+from results.exact import Exact, exact_summaries
 
 #: Attack families in board order (the same as ``attacks.traits.FAMILIES``, checked by a test)
 FAMILIES = ("gradient", "gradient-temperature", "minimum-norm", "gradient-free",
-            "combinatorial")
+            "combinatorial", "exact")
 FAMILY_LABEL = {"gradient": "gradient", "gradient-temperature": "gradient, temperature (PGD++)",
                 "minimum-norm": "minimum-norm", "gradient-free": "gradient-free",
-                "combinatorial": "combinatorial", "unknown": "unclassified"}
+                "combinatorial": "combinatorial", "exact": "exact (verifier)",
+                "unknown": "unclassified"}
 #: Column groups: gradient attacks and their temperature versions share a group (by base)
 _GROUP = {"gradient": 0, "gradient-temperature": 0, "minimum-norm": 1, "gradient-free": 2,
-          "combinatorial": 3}
+          "combinatorial": 3, "exact": 4}
 #: Bases whose columns come first, in this order
 BASE_ORDER = ("pgd-linf", "pgd-l2", "fgsm")
 _SCALER_ORDER = {"njs": 1, "hns": 2, "fixed": 3}
@@ -168,6 +173,7 @@ class BoardRow:
     best_attack_acc: float | None
     unique_breaks: dict[str, int]
     cells: dict[str, BoardCell]  # attack → cell, for every column of the board
+    exact: Exact | None = None  # the verifier's ground truth, where the row has one
 
     @property
     def best_cell(self) -> BoardCell | None:
@@ -226,11 +232,12 @@ def boards(cells: pd.DataFrame, models: pd.DataFrame | None = None) -> list[Boar
     columns = attack_columns(current)
     cards = model_cards(models)
     best = best_known(current)
+    exact = exact_summaries(current)
     out = []
     for (suite, norm, eps), group in current.groupby(["suite", "norm", "eps"], sort=True):
         out.append(_board(suite, norm, float(eps), group, columns, cards,
                           best[(best["suite"] == suite) & (best["norm"] == norm)
-                               & (best["eps"] == eps)], models))
+                               & (best["eps"] == eps)], models, exact))
     return out
 
 
@@ -244,7 +251,7 @@ def board(cells: pd.DataFrame, norm: str, eps: float,
 
 def _board(suite: str, norm: str, eps: float, group: pd.DataFrame,
            all_columns: dict[str, AttackColumn], cards: dict, best: pd.DataFrame,
-           models: pd.DataFrame | None) -> Board:
+           models: pd.DataFrame | None, exact: dict[tuple, Exact] | None = None) -> Board:
     columns = ordered(all_columns[a] for a in group["attack"].unique())
     bk = {r.model: r for r in best.itertuples()}
     rows = []
@@ -272,6 +279,7 @@ def _board(suite: str, norm: str, eps: float, group: pd.DataFrame,
             unique_breaks={k: int(v) for k, v in (b.unique_breaks or {}).items()}
             if b is not None else {},
             cells=row_cells,
+            exact=(exact or {}).get((suite, model, norm, eps)),
         ))
     rows.sort(key=lambda r: (r.best_known is None, -(r.best_known or 0), -(r.clean or 0),
                              r.model))

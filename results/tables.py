@@ -17,8 +17,11 @@ def board(cells: pd.DataFrame, norm: str, eps: float,
     """:func:`results.board.board` as a DataFrame, one row per model at (norm, ε): clean and
     robust accuracy per attack (fractions; NaN where the attack did not run, "error" where it
     failed, "n/a" where it does not apply to the model, which needs the model records
-    ``models``), best-known accuracy, the single best attack, and that attack's cost (ms and
-    forward / backward passes per attacked sample). Attack columns are in board order.
+    ``models``), best-known accuracy, on boards with an exact verifier the share it proved
+    robust (``proved``) and the exact robust accuracy (``exact``, NaN where points stayed
+    undecided: it then lies in [proved, best_known]), the single best attack, and that
+    attack's cost (ms and forward / backward passes per attacked sample). Attack columns are
+    in board order.
 
     Rows are ranked by best-known accuracy, most robust first. ``.attrs["n"]`` holds the test
     points of each (model, attack) cell: a suite may run an attack on a prefix only.
@@ -38,6 +41,10 @@ def board(cells: pd.DataFrame, norm: str, eps: float,
                 row[a] = math.nan
         best = r.best_cell
         row["best_known"] = math.nan if r.best_known is None else r.best_known
+        if any(o.exact is not None for o in b.rows):  # boards with a verifier
+            ex = r.exact
+            row["proved"] = math.nan if ex is None else ex.lower
+            row["exact"] = math.nan if ex is None or ex.exact is None else ex.exact
         row["best_attack"] = r.best_attack
         row["best_ms"] = math.nan if best is None or best.ms_per_sample is None \
             else best.ms_per_sample

@@ -69,6 +69,7 @@ def environment() -> Environment:
     env.filters["pct"] = _pct
     env.filters["sortval"] = _sortval
     env.filters["num"] = data.fmt_number
+    env.filters["gapstyle"] = data.gap_heat
     env.filters["ms"] = lambda v: "—" if data.num(v) is None else f"{1000 * data.num(v):.3g}"
     env.filters["passes"] = lambda v: "—" if data.num(v) is None else f"{data.num(v):.4g}"
     env.globals.update(BADGES=data.BADGES, KIND_LABEL=data.KIND_LABEL,

@@ -22,6 +22,7 @@ import results
 from results import board as results_board
 from results import claims
 from results.bestknown import best_known, current_runs
+from results.exact import Exact, exact_summaries
 
 # --- thresholds of the warning badges (gradient-masking checks after Athalye et al. 2018, as
 # Gupta & Ajanthan, AAAI 2022, Sec. 6 use them); stated on every page that shows badges ---
@@ -50,6 +51,9 @@ BADGES = {
     "error": ("error", "problem",
               "an attack failed with an error on this model: its column is empty and the "
               "best-known value misses it"),
+    "contradiction": ("contradiction", "problem",
+                      "an attack broke a test point that the exact verifier proved robust: the "
+                      "verifier or the verification of adversarial examples is wrong"),
 }
 
 
@@ -322,6 +326,13 @@ def row_badges(row: results_board.BoardRow, columns: dict[str, results_board.Att
     if rejected:
         add("rejected", "; ".join(f"{a}: {k} rejected" for a, k in sorted(rejected.items())),
             f"{sum(rejected.values())} rejected")
+    contra = row.exact.contradictions if row.exact is not None else {}
+    if contra:
+        add("contradiction", "; ".join(
+            f"{a} broke test point{'s' if len(p) > 1 else ''} {', '.join(map(str, p[:5]))}"
+            f"{' …' if len(p) > 5 else ''}, proved robust by {row.exact.verifier}"
+            for a, p in sorted(contra.items())),
+            f"{sum(len(p) for p in contra.values())} contradicted")
     errors = {a: str(c.error) for a, c in row.cells.items() if c.status == "error"}
     if errors:
         add("error", "; ".join(f"{a}: {e}" for a, e in sorted(errors.items())),
@@ -356,7 +367,29 @@ def _groups(columns: list[results_board.AttackColumn]) -> list[dict]:
 
 #: short column-group labels (the headers of one or two narrow columns)
 GROUP_SHORT = {"gradient": "gradient", "minimum-norm": "min-norm", "gradient-free": "no ∇",
-               "combinatorial": "comb."}
+               "combinatorial": "comb.", "exact": "exact"}
+
+
+def exact_view(ex: Exact | None) -> dict | None:
+    """What the pages show of a row's exact ground truth: the exact robust accuracy, or the
+    interval [proved robust, best known] where some points were left undecided, and every
+    attack's gap to it on the decided points (smallest first)."""
+    if ex is None:
+        return None
+    interval = ex.exact is None
+    text = (f"{100 * ex.lower:.1f}–{100 * ex.upper:.1f}" if interval
+            else f"{100 * ex.lower:.1f}")
+    title = (f"{ex.verifier} on {ex.n} test points: {ex.proved} proved robust, {ex.broken} "
+             f"broken, {ex.unknown} undecided, {ex.clean_wrong} misclassified clean")
+    title += (f"; the exact robust accuracy lies in [{100 * ex.lower:.1f}%, "
+              f"{100 * ex.upper:.1f}%]" if interval
+              else f"; exact robust accuracy {100 * ex.lower:.1f}%")
+    gaps = [{"attack": a, "gap": g, "decided": ex.decided_of.get(a, 0),
+             "style": gap_heat(g)} for a, g in sorted(ex.gaps.items(), key=lambda t: (t[1], t[0]))]
+    return {"text": text, "sort": ex.lower, "interval": interval, "title": title,
+            "style": heat(ex.lower), "proved": ex.proved, "unknown": ex.unknown,
+            "decided": ex.decided, "n": ex.n, "verifier": ex.verifier, "gaps": gaps,
+            "gap_of": {g["attack"]: g["gap"] for g in gaps}}
 
 
 def _cell_view(c: results_board.BoardCell, row: results_board.BoardRow) -> dict | None:
@@ -379,6 +412,10 @@ def _cell_view(c: results_board.BoardCell, row: results_board.BoardRow) -> dict 
         title.append(f"{c.rejected} candidates rejected by verification")
     if c.n is not None and c.n != row.n:
         title.append(f"on the first {c.n} test points only")
+    if row.exact is not None and c.attack in row.exact.gaps:
+        title.append(f"+{100 * row.exact.gaps[c.attack]:.1f} points above the exact robust "
+                     f"accuracy on the {row.exact.decided_of[c.attack]} points the verifier "
+                     "decided")
     return {"acc": acc, "status": c.status, "error": c.error, "gap": gap,
             "is_best": row.best_attack == c.attack, "rejected": c.rejected,
             "style": heat(acc), "title": " · ".join(title), "n": c.n}
@@ -409,6 +446,7 @@ def boards(rec: Records) -> list[dict]:
                 "badges": row_badges(r, columns, diags.get((b.suite, r.model), {}), b.n),
                 "n_cells": sum(c.status in ("ok", "error") for c in r.cells.values()),
                 "n": r.n,
+                "exact": exact_view(r.exact),
             })
         for r in rows:  # competition ranking: equal best-known values share a rank
             r["rank"] = (1 + sum(1 for o in rows if o["best"] is not None
@@ -421,6 +459,7 @@ def boards(rec: Records) -> list[dict]:
             "file": board_file(b.suite, b.norm, b.eps), "n": b.n,
             "attacks": [_column_view(c) for c in b.columns], "groups": _groups(b.columns),
             "rows": rows, "not_run": b.not_run,
+            "has_exact": any(r["exact"] is not None for r in rows),
             "n_errors": sum(c.status == "error" for r in b.rows for c in r.cells.values()),
             "flagged": sum(1 for r in rows if r["badges"]),
             "legacy": sorted(c.name for c in b.columns if c.traits_source != "recorded"),
@@ -495,6 +534,10 @@ def attack_stats(rec: Records) -> tuple[list[dict], dict]:
     if cells.empty:
         return [], {"models": [], "rows": []}
     bk = rec.best.set_index(["suite", "model", "norm", "eps"])
+    exact_gaps: dict[str, list[float]] = defaultdict(list)
+    for ex in exact_summaries(current_runs(cells)).values():
+        for a, g in ex.gaps.items():
+            exact_gaps[a].append(g)
     n_attacks = bk["attacks"].to_dict()
     best = bk["best_known_acc"].to_dict()
     rows = []
@@ -534,6 +577,8 @@ def attack_stats(rec: Records) -> tuple[list[dict], dict]:
             "rejected": int(g["rejected"].fillna(0).sum()),
             "gap": mean_gap, "gap_style": gap_heat(mean_gap),
             "max_gap": float(np.max(gaps)) if gaps else None,
+            "exact_gap": float(np.mean(exact_gaps[attack])) if exact_gaps.get(attack) else None,
+            "exact_rows": len(exact_gaps.get(attack, [])),
             "hits": hits, "compared": compared, "unique": unique,
             "sps": float(np.median(sps)) if sps else None,
             "fw": float(np.mean(fw)) if fw else None,
@@ -665,8 +710,13 @@ def model_pages(rec: Records, all_boards: list[dict]) -> list[dict]:
                                      if num(info.get("beta_fallback_share")) is not None
                                      else "—"),
                     })
+            gaps = defaultdict(list)
+            for t in rows:
+                for g in (t["row"]["exact"] or {}).get("gaps", []):
+                    gaps[g["attack"]].append(g["gap"])
             suites_view.append({
                 "name": suite, "rows": rows, "plots": [],
+                "exact_attacks": sorted(gaps, key=lambda a: (float(np.mean(gaps[a])), a)),
                 "diagnostics": diagnostics_view(diag if isinstance(diag, dict) else {}),
                 "betas": betas,
                 "clean": num(rec_m["clean_acc"].iloc[-1]) if len(rec_m) else None,

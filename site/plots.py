@@ -104,7 +104,8 @@ def fliprate(path: Path, *, title: str,
 
 #: one colour per attack family (results.board.FAMILIES)
 KIND_COLOUR = {"gradient": "#1f4e8c", "gradient-temperature": "#2a9d8f",
-               "minimum-norm": "#e9a23b", "gradient-free": "#d1495b", "combinatorial": "#7b4fa0"}
+               "minimum-norm": "#e9a23b", "gradient-free": "#d1495b", "combinatorial": "#7b4fa0",
+               "exact": "#1b1b1b"}
 
 
 def cost_strength(path: Path, rows: list[dict]) -> tuple[int, int] | None:
