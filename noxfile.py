@@ -106,7 +106,8 @@ def cifar10(session: nox.Session) -> None:
 
 @nox.session
 def fliprate(session: nox.Session) -> None:
-    """IPROP vs PGD / PGD++ flip rate over L∞ ε on the BNN-WAQ MLPs (about 15 CPU minutes)."""
+    """IPROP vs PGD / PGD++ and the exact verifier: flip rate over L∞ ε on the BNN-WAQ MLPs
+    (about 30 CPU minutes)."""
     install(session)
     session.run(
         "python", "-m", "bench.fliprate", "--models",

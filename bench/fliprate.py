@@ -11,6 +11,11 @@ tolerance) and predicted differently by the model in eval mode; a candidate that
 threat model counts as no flip (and is counted in ``rejected``). NJS β1 is calibrated on the
 first 101 test images of the model's dataset, as the benchmark runner does.
 
+The exact verifier (``milp-linf``, :mod:`attacks.milp`) adds the optimum where it can: on the
+first ``milp_n`` points, with a short per-point time limit, its verified flips are a lower bound
+on the exact flip rate and the points it proved unflippable an upper bound (``proved``,
+``undecided`` columns); the plot draws its flips with the undecided share shaded above them.
+
 Run as ``python -m bench.fliprate --models mnist5k-mlp5x100-bnn-waq --n 500 --out DIR`` to
 write ``DIR/fliprate.csv`` and ``DIR/fliprate.png``. Imports only :mod:`zoo` and :mod:`attacks`.
 """
@@ -28,15 +33,19 @@ import pandas as pd
 import torch
 
 import attacks.iprop  # noqa: F401 - registers "iprop" even where attacks/__init__ does not
+import attacks.milp  # noqa: F401 - registers "milp-linf"
 import zoo
 from attacks import create_attack, list_attacks
 from attacks.pgdpp import NJS_N_REF, njs_beta1
 
 DEFAULT_MODELS = ("mnist5k-mlp5x100-bnn-waq", "mnist5k-mlp3x512-bnn-waq")
-DEFAULT_ATTACKS = ("iprop", "pgd-linf", "pgd-linf-njs", "pgd-linf-hns")
+DEFAULT_ATTACKS = ("iprop", "pgd-linf", "pgd-linf-njs", "pgd-linf-hns", "milp-linf")
+#: the exact verifier's points and per-point time limit in the sweep (seconds)
+MILP_N = 100
+MILP_TIME_LIMIT = 2.0
 DEFAULT_EPS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 COLUMNS = ["model", "attack", "eps", "n", "flip_rate", "seconds", "seconds_per_sample",
-           "flips", "rejected", "clean_acc", "error"]
+           "flips", "rejected", "clean_acc", "error", "proved", "undecided"]
 
 #: tolerance of the ε-ball check, ‖δ‖∞ ≤ ε·(1 + REL_TOL) + ABS_TOL, and of the [0, 1] box
 REL_TOL = 1e-5
@@ -62,7 +71,8 @@ def verified_flips(model: torch.nn.Module, x: torch.Tensor, clean_pred: torch.Te
 
 def flip_rate_sweep(model_names: Sequence[str], attack_names: Sequence[str],
                     eps_list: Sequence[float], n: int = 500, seed: int = 0,
-                    device: str = "cpu", *, progress: bool = False) -> pd.DataFrame:
+                    device: str = "cpu", *, progress: bool = False, milp_n: int = MILP_N,
+                    milp_time_limit: float = MILP_TIME_LIMIT) -> pd.DataFrame:
     """Flip rate of each attack on each model at each L∞ ε, on the first ``n`` test points.
 
     Flip-rate protocol: the attack's label is the model's clean prediction, and a flip is a
@@ -72,8 +82,13 @@ def flip_rate_sweep(model_names: Sequence[str], attack_names: Sequence[str],
     alone. A model an attack refuses (IPROP takes BNN-WAQ MLPs only) gives a row with a NaN
     flip rate and the reason in ``error``.
 
+    The exact verifier ``milp-linf`` runs on the first ``milp_n`` points only, with
+    ``milp_time_limit`` seconds per point; its rows also give the points it ``proved``
+    unflippable and those left ``undecided`` (the exact flip rate lies in
+    [flips, n − proved] / n).
+
     Columns: model, attack, eps, n, flip_rate, seconds, seconds_per_sample, flips, rejected,
-    clean_acc, error.
+    clean_acc, error, proved, undecided (the last two for the verifier only).
     """
     rows = []
     for model_name in model_names:
@@ -88,13 +103,17 @@ def flip_rate_sweep(model_names: Sequence[str], attack_names: Sequence[str],
         clean_acc = int((clean == y).sum()) / n
         for attack_name in attack_names:
             for eps in eps_list:
-                attack = create_attack(attack_name)
+                exact = attack_name == "milp-linf"
+                attack = (create_attack(attack_name, time_limit=milp_time_limit) if exact
+                          else create_attack(attack_name))
+                m = min(milp_n, n) if exact else n
+                xs, cs = x[:m], clean[:m]
                 gen = torch.Generator(device=device).manual_seed(seed)
-                row = {"model": model_name, "attack": attack_name, "eps": float(eps), "n": n,
+                row = {"model": model_name, "attack": attack_name, "eps": float(eps), "n": m,
                        "clean_acc": clean_acc, "error": ""}
                 start = time.perf_counter()
                 try:
-                    result = attack(model, x, clean, eps=float(eps), generator=gen)
+                    result = attack(model, xs, cs, eps=float(eps), generator=gen)
                 except zoo.QBenchError as err:
                     row.update(flip_rate=math.nan, seconds=math.nan,
                                seconds_per_sample=math.nan, flips=0, rejected=0,
@@ -102,10 +121,13 @@ def flip_rate_sweep(model_names: Sequence[str], attack_names: Sequence[str],
                     rows.append(row)
                     continue
                 seconds = time.perf_counter() - start
-                valid, rejected = verified_flips(model, x, clean, result.x_adv, float(eps))
-                row.update(flip_rate=int(valid.sum()) / n, seconds=seconds,
-                           seconds_per_sample=seconds / n, flips=int(valid.sum()),
+                valid, rejected = verified_flips(model, xs, cs, result.x_adv, float(eps))
+                row.update(flip_rate=int(valid.sum()) / m, seconds=seconds,
+                           seconds_per_sample=seconds / m, flips=int(valid.sum()),
                            rejected=int(rejected.sum()))
+                if exact:
+                    row.update(proved=int(result.info.get("proved", 0)),
+                               undecided=int(result.info.get("unknown", 0)))
                 rows.append(row)
                 if progress:
                     print(f"{model_name} {attack_name} eps={eps:g}: flip rate "
@@ -128,6 +150,13 @@ def plot_flip_rate(df: pd.DataFrame, path: str | Path) -> Path:
         part = df[df["model"] == model]
         for attack in dict.fromkeys(part["attack"]):
             line = part[part["attack"] == attack].sort_values("eps")
+            if attack == "milp-linf" and "undecided" in line:
+                top = line["flip_rate"] + line["undecided"].fillna(0) / line["n"]
+                ax.fill_between(line["eps"], line["flip_rate"], top, color="0.2", alpha=0.18,
+                                lw=0, label="milp-linf: undecided")
+                ax.plot(line["eps"], line["flip_rate"], marker="s", color="0.1", lw=2,
+                        label=f"milp-linf (exact where decided, n={int(line['n'].iloc[0])})")
+                continue
             ax.plot(line["eps"], line["flip_rate"], marker="o", label=attack)
         ax.set_xscale("log")
         ticks = sorted(set(part["eps"]))
@@ -148,8 +177,9 @@ def plot_flip_rate(df: pd.DataFrame, path: str | Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.fliprate",
-                                     description="Flip rate vs L∞ ε (IPROP vs PGD / PGD++).")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.fliprate",
+        description="Flip rate vs L∞ ε: IPROP, PGD / PGD++ and the exact verifier.")
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
                         help="comma-separated model names")
     parser.add_argument("--attacks", default=None,
@@ -158,6 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eps", default=",".join(f"{e:g}" for e in DEFAULT_EPS),
                         help="comma-separated L∞ bounds in [0, 1]")
     parser.add_argument("--n", type=int, default=500, help="first n test points")
+    parser.add_argument("--milp-n", type=int, default=MILP_N,
+                        help="first n test points for the exact verifier (milp-linf)")
+    parser.add_argument("--milp-time-limit", type=float, default=MILP_TIME_LIMIT,
+                        help="the verifier's seconds per point")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None,
@@ -174,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     eps_list = [float(e) for e in args.eps.split(",") if e.strip()]
     try:
         df = flip_rate_sweep(models, attacks, eps_list, n=args.n, seed=args.seed,
-                             device=args.device, progress=True)
+                             device=args.device, progress=True, milp_n=args.milp_n,
+                             milp_time_limit=args.milp_time_limit)
     except zoo.QBenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -184,11 +184,15 @@ def test_flip_rate_sweep_verifies_and_plots(tmp_path):
     from bench.fliprate import COLUMNS, flip_rate_sweep, plot_flip_rate
 
     df = flip_rate_sweep(["digits-mlp5x100-bnn-waq", "digits-mlp5x100-ref"],
-                         ["iprop", "pgd-linf"], [0.05, 0.3], n=30, seed=0)
-    assert list(df.columns) == COLUMNS and len(df) == 8
+                         ["iprop", "pgd-linf", "milp-linf"], [0.05, 0.3], n=30, seed=0,
+                         milp_n=10, milp_time_limit=1.0)
+    assert list(df.columns) == COLUMNS and len(df) == 12
+    exact = df[(df["model"] == "digits-mlp5x100-bnn-waq") & (df["attack"] == "milp-linf")]
+    assert (exact["n"] == 10).all()
+    assert (exact["flips"] + exact["proved"] + exact["undecided"] == 10).all()
     waq = df[df["model"] == "digits-mlp5x100-bnn-waq"].set_index(["attack", "eps"])
     assert waq.loc[("iprop", 0.3), "flip_rate"] >= 0.9
-    assert (waq["rejected"] == 0).all() and (waq["flips"] / 30 == waq["flip_rate"]).all()
+    assert (waq["rejected"] == 0).all() and (waq["flips"] / waq["n"] == waq["flip_rate"]).all()
     assert (waq["seconds_per_sample"] > 0).all()
     refused = df[(df["model"] == "digits-mlp5x100-ref") & (df["attack"] == "iprop")]
     assert refused["flip_rate"].isna().all() and refused["error"].str.contains("bnn-waq").all()
