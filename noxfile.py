@@ -1,5 +1,5 @@
-"""Sessions: ``nox -s tests`` (default), ``benchmark``, ``fashion``, ``cifar10``, ``fliprate``,
-``site``, ``perf``, ``lint``.
+"""Sessions: ``nox -s tests`` (default), ``benchmark``, ``oracle``, ``fashion``, ``cifar10``,
+``fliprate``, ``site``, ``perf``, ``lint``.
 
 Every session installs the project (and everything it needs) into its own virtualenv;
 virtualenvs are reused between runs (pass ``--reuse-venv=no`` for a fresh one).

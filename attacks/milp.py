@@ -289,11 +289,14 @@ class BNNVerifier:
         return out
 
     # -- the decision ----------------------------------------------------------------------
-    def verify(self, x0: torch.Tensor, y: int, eps: float, *, method: str = "auto") -> Verdict:
+    def verify(self, x0: torch.Tensor, y: int, eps: float, *, method: str = "auto",
+               write_model: str | None = None) -> Verdict:
         """Decide one point: is every x′ with ‖x′ − x0‖∞ ≤ ε in [0, 1] classified as ``y``?
 
         ``method``: ``auto`` (the pattern search, or the MILP where k exceeds
         ``max_search_units``), ``search`` or ``milp`` (for measuring one against the other).
+        ``write_model``: a file (``.mps``, ``.lp``) to write the MILP to before it is solved,
+        for other solvers.
         """
         t0 = time.perf_counter()
         x = x0.reshape(-1).detach().cpu().to(torch.float32)
@@ -310,7 +313,7 @@ class BNNVerifier:
         if method == "search" or (method == "auto" and len(free) <= self.max_search_units):
             self._search(v, reach, fixed, free, y, box, deadline)
         else:
-            self._milp(v, reach, L, U, fixed, free, y, box, deadline)
+            self._milp(v, reach, L, U, fixed, free, y, box, deadline, write_model)
         v.lps = reach.lps
         v.seconds = time.perf_counter() - t0
         return v
@@ -393,7 +396,8 @@ class BNNVerifier:
 
     def _milp(self, v: Verdict, reach: _Reach, L: np.ndarray, U: np.ndarray,
               fixed: np.ndarray, free: np.ndarray, y: int,
-              box: tuple[torch.Tensor, torch.Tensor], deadline: float) -> None:
+              box: tuple[torch.Tensor, torch.Tensor], deadline: float,
+              write_model: str | None = None) -> None:
         """Build and solve the big-M MILP of the module docstring (interval bounds). A solver
         solution's first-layer signs are turned into an input by one LP and checked on the
         torch model; a rejected pattern is excluded and the MILP solved again (3 rounds)."""
@@ -468,6 +472,9 @@ class BNNVerifier:
             h = _highs(self.threads, left)
             h.setOptionValue("mip_heuristic_effort", 0.0)  # proofs, not incumbents, cost time
             _pass(h, np.array(col_lo), np.array(col_hi), rows, np.array(integer))
+            if write_model is not None:
+                h.writeModel(str(write_model))
+                write_model = None
             h.run()
             v.nodes += int(h.getInfo().mip_node_count)
             status = h.getModelStatus()
