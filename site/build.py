@@ -110,9 +110,15 @@ def _plots(out_dir: Path, rec: data.Records, pages: list[dict], attack_rows: lis
             series = {a: [(float(e), float(f)) for e, f in zip(g["eps"], g["flip_rate"],
                                                                strict=True)]
                       for a, g in fr.groupby("attack")}
+            bands = {}  # the exact verifier's undecided share, above its verified flips
+            if "undecided" in fr.columns and "n" in fr.columns:
+                for a, g in fr[fr["undecided"].notna()].groupby("attack"):
+                    bands[a] = [(float(e), float(f), float(f) + float(u) / float(n))
+                                for e, f, u, n in zip(g["eps"], g["flip_rate"], g["undecided"],
+                                                      g["n"], strict=True)]
             name = f"fliprate-{data.slug(page['name'])}.png"
             w, h = plots.fliprate(img / name, title=f"{page['name']}: flip rate under L∞ bounds",
-                           series=series)
+                                  series=series, bands=bands)
             page["flip_plot"] = {"src": f"img/{name}", "w": w, "h": h,
                                  "alt": f"flip rate against ε for {page['name']}"}
     size = plots.cost_strength(img / "attacks-cost.png", attack_rows)

@@ -84,15 +84,24 @@ def curves(path: Path, *, title: str, norm: str, series: dict[str, list[tuple[fl
     return _save(fig, path)
 
 
-def fliprate(path: Path, *, title: str,
-             series: dict[str, list[tuple[float, float]]]) -> tuple[int, int]:
-    """Share of test points whose prediction flips, against the L∞ bound, per attack."""
+def fliprate(path: Path, *, title: str, series: dict[str, list[tuple[float, float]]],
+             bands: dict[str, list[tuple[float, float, float]]] | None = None
+             ) -> tuple[int, int]:
+    """Share of test points whose prediction flips, against the L∞ bound, per attack; an
+    attack with a band (an exact verifier: its undecided share) is drawn in black with the
+    band shaded above its line."""
     fig = _figure(7.4, 3.4)
     ax = fig.add_subplot()
     _style_axes(ax)
+    bands = bands or {}
     for i, attack in enumerate(sorted(series)):
         xs, ys = zip(*sorted(series[attack]), strict=True)
-        ax.plot(xs, [100 * y for y in ys], color=PALETTE[i % len(PALETTE)], marker="o",
+        colour = KIND_COLOUR["exact"] if attack in bands else PALETTE[i % len(PALETTE)]
+        if attack in bands:
+            bx, lo, hi = zip(*sorted(bands[attack]), strict=True)
+            ax.fill_between(bx, [100 * v for v in lo], [100 * v for v in hi], color=colour,
+                            alpha=0.15, linewidth=0, label=_text(f"{attack}: undecided"))
+        ax.plot(xs, [100 * y for y in ys], color=colour, marker="s" if attack in bands else "o",
                 markersize=4, linewidth=1.8, label=_text(attack))
     ax.set_ylim(-3, 103)
     ax.set_xlabel("ε (L∞)", color=MUTED, fontsize=9)
