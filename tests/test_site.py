@@ -447,3 +447,28 @@ def test_the_headline_board_fits_1400_pixels_without_sideways_scrolling(browser,
     _png_ok(png, 1400)
     wide = parse(browser("--window-size=1000,1000", "--dump-dom", page.resolve().as_uri()))
     assert int(wide.find("html")[0].attrs["data-scroll-overflow"]) > 0  # the check can fail
+
+
+def test_black_box_badge_compares_cells_on_the_same_test_points():
+    """IPROP on the first 200 points against APGD on all 1,000 is no evidence of masking:
+    on the same 200 points a gradient attack is as strong, so no badge; the exact verifier is
+    no gradient attack either. On equal points the badge still fires."""
+    from leaderboard.data import row_badges
+
+    from results.board import BoardCell, BoardRow, attack_column
+
+    names = ("iprop", "apgd-ce", "pgd-linf-njs", "milp-linf")
+    columns = {a: attack_column(a, _config(a)) for a in names}
+
+    def row(cells):
+        return BoardRow(model="m", model_sha256="0", seed=0, n=1000, clean=0.9,
+                        best_known=0.5, best_attack=None, best_attack_acc=None,
+                        unique_breaks={}, cells={a: BoardCell(a, "ok", acc=v, n=m)
+                                                 for a, (v, m) in cells.items()})
+
+    prefix = row({"iprop": (0.61, 200), "apgd-ce": (0.724, 1000), "pgd-linf-njs": (0.60, 200),
+                  "milp-linf": (0.50, 1000)})
+    assert row_badges(prefix, columns, {}, 1000) == []
+    equal = row({"iprop": (0.61, 200), "pgd-linf-njs": (0.70, 200), "apgd-ce": (0.72, 1000)})
+    (badge,) = row_badges(equal, columns, {}, 1000)
+    assert badge["kind"] == "gradient-free" and "first 200 test points" in badge["detail"]
