@@ -215,8 +215,8 @@ class BNNVerifier:
     ``tol``: the float tolerance of the first layer (see the module docstring).
     """
 
-    def __init__(self, model: nn.Module, *, time_limit: float = 10.0, threads: int = 1,
-                 leaf_units: int = 14, max_search_units: int = 40,
+    def __init__(self, model: nn.Module, *, time_limit: float = 15.0, threads: int = 1,
+                 leaf_units: int = 14, max_search_units: int = 64,
                  tol: float = FIRST_LAYER_TOL) -> None:
         self.model = unwrap(model).eval()
         self.ib = IntegerBNN(self.model)
@@ -513,8 +513,8 @@ class MILPLinf(Attack):
     version = 1
     libraries = ("highspy",)
 
-    def __init__(self, *, time_limit: float = 10.0, threads: int = 1, leaf_units: int = 14,
-                 max_search_units: int = 40,
+    def __init__(self, *, time_limit: float = 15.0, threads: int = 1, leaf_units: int = 14,
+                 max_search_units: int = 64,
                  presolve: tuple[str, ...] = ("pgd-linf", "pgd-linf-njs", "pgd-linf-hns")
                  ) -> None:
         self.time_limit = time_limit

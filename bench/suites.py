@@ -119,7 +119,7 @@ MNIST_LIMITS = (
 #: The exact-verification suite: the MILP oracle (``milp-linf``) beside the attacks it grades,
 #: on the verification-friendly BNN-WAQ MLP (all 1,000 test points) and the paper's 5 x 100
 #: BNN-WAQ MLP (the first 200), at the small L∞ ε where the oracle decides (almost) every
-#: point. At 0.05 it decides almost nothing beyond what the attacks break (10 s per point).
+#: point. At 0.05 it decides almost nothing beyond what the attacks break (15 s per point).
 ORACLE_MODELS = "mnist5k-mlp3x50-bnn-waq,mnist5k-mlp5x100-bnn-waq"
 ORACLE_EPS = {"linf": [0.01, 0.02]}
 ORACLE_ATTACKS = (
