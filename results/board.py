@@ -88,6 +88,9 @@ def traits_from_config(config: dict[str, Any] | None) -> tuple[dict[str, Any], s
     elif cls == "IPROP":
         family, base, grads = "combinatorial", "iprop", False
         applies = {"arch": "mlp*", "quant": "bnn-waq"}
+    elif cls == "MILPLinf":
+        family, base = "exact", "milp-linf"
+        applies = {"arch": "mlp*", "quant": "bnn-waq"}
     if base is None:
         return {"family": "unknown", "base": str(cls), "scaler": "none",
                 "uses_gradients": True, "applies_to": {}}, "unknown"

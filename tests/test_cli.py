@@ -13,7 +13,8 @@ from bench.cli import main, parse_eps
 
 def test_list_prints_one_name_per_line(capsys):
     assert main(["list", "models", "mnist5k-mlp*-bnn-waq"]) == 0
-    assert capsys.readouterr().out.split() == ["mnist5k-mlp3x512-bnn-waq",
+    assert capsys.readouterr().out.split() == ["mnist5k-mlp3x50-bnn-waq",
+                                              "mnist5k-mlp3x512-bnn-waq",
                                               "mnist5k-mlp5x100-bnn-waq"]
     assert main(["list", "attacks"]) == 0
     names = capsys.readouterr().out.splitlines()

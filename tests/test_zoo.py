@@ -19,7 +19,8 @@ from zoo.layers import BinaryLinear, SignActivation
 
 def test_wildcard_listing_and_names():
     waq = zoo.list_models("mnist5k-mlp*-bnn-waq")
-    assert waq == ["mnist5k-mlp3x512-bnn-waq", "mnist5k-mlp5x100-bnn-waq"]
+    assert waq == ["mnist5k-mlp3x50-bnn-waq", "mnist5k-mlp3x512-bnn-waq",
+                   "mnist5k-mlp5x100-bnn-waq"]
     assert set(zoo.list_models("mnist5k-mlp5x100-*")) >= {
         "mnist5k-mlp5x100-ref", "mnist5k-mlp5x100-bnn-wq", "mnist5k-mlp5x100-bnn-waq"}
     assert zoo.list_models("no-such-*") == []
