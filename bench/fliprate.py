@@ -12,7 +12,9 @@ threat model counts as no flip (and is counted in ``rejected``). NJS β1 is cali
 first 101 test images of the model's dataset, as the benchmark runner does.
 
 The exact verifier (``milp-linf``, :mod:`attacks.milp`) adds the optimum where it can: on the
-first ``milp_n`` points, with a short per-point time limit, its verified flips are a lower bound
+first ``milp_n`` points, with a short per-point time limit and its pattern search only (the
+MILP behind it overruns short limits and decided nothing at these sizes), its verified flips
+are a lower bound
 on the exact flip rate and the points it proved unflippable an upper bound (``proved``,
 ``undecided`` columns); the plot draws its flips with the undecided share shaded above them.
 
@@ -104,7 +106,8 @@ def flip_rate_sweep(model_names: Sequence[str], attack_names: Sequence[str],
         for attack_name in attack_names:
             for eps in eps_list:
                 exact = attack_name == "milp-linf"
-                attack = (create_attack(attack_name, time_limit=milp_time_limit) if exact
+                attack = (create_attack(attack_name, time_limit=milp_time_limit,
+                                        use_milp=False) if exact
                           else create_attack(attack_name))
                 m = min(milp_n, n) if exact else n
                 xs, cs = x[:m], clean[:m]
