@@ -260,7 +260,10 @@ def attack_cell(
     n_att = max(len(idx), 1)
     per_point = out.pop("per_point", {})
     if out.get("status") == "ok":
-        out["info"].update(spread_per_point(per_point, idx.tolist(), len(clean_correct)))
+        try:
+            out["info"].update(spread_per_point(per_point, idx.tolist(), len(clean_correct)))
+        except RuntimeError as exc:  # the attack's own bug: this cell fails, the grid goes on
+            out.update(status="error", error=str(exc)[:500], robust_acc=None)
     out.update(
         robust=[int(v) for v in robust.tolist()],
         clean_correct=[int(v) for v in clean_correct.tolist()],

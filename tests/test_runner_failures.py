@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -140,3 +141,37 @@ def test_a_model_with_logits_of_the_wrong_shape_fails_its_clean_pass(digits):
         assert "clean pass failed" in str(exc) and "(2, 10)" in str(exc)
     else:
         raise AssertionError("no StageError")
+
+
+class PerPointVerdicts(Attack):
+    """A plugin verifier reporting one verdict per input, or (``short``) one too few."""
+
+    norm = "linf"
+    uses_gradients = False
+
+    def __init__(self, *, short: bool = False) -> None:
+        self.short = short
+
+    def run(self, model, x, y, *, eps, generator):
+        verdicts = ["robust"] * (len(x) - int(self.short))
+        return AttackResult(x.clone(), per_point={"verdicts": verdicts})
+
+
+@pytest.mark.parametrize("short", [False, True])
+def test_per_point_lists_span_the_test_set_or_fail_their_cell(monkeypatch, digits,
+                                                               digits_models, short):
+    monkeypatch.setitem(_ATTACKS, "per-point", AttackSpec(
+        "per-point", PerPointVerdicts, "linf", "test plugin", {"short": short},
+        Traits("gradient-free", "per-point", uses_gradients=False)))
+    rows = list(runner.evaluate_cells(
+        digits_models["ref"], model_name="m", model_sha256="0" * 64, suite="t", dataset=digits,
+        attacks=["per-point", "fgsm"], eps={"linf": [0.1]}, n=30, seed=0, device="cpu"))
+    row, other = rows
+    assert other.status == "ok"  # the grid goes on
+    if short:
+        assert row.status == "error" and "per-point list 'verdicts'" in row.error
+        return
+    assert row.status == "ok", row.error
+    clean = row.clean_correct
+    assert len(row.info["verdicts"]) == 30
+    assert [v == "" for v in row.info["verdicts"]] == [not c for c in clean]
