@@ -101,7 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
 
     p = sub.add_parser("train", help="train (or verify the cache of) models")
-    p.add_argument("models", help="model names or wildcards, comma-separated")
+    p.add_argument("models", nargs="?", default=None,
+                   help="model names or wildcards, comma-separated (default: the models of "
+                   "--suite)")
+    p.add_argument("--suite", default=None, help="train the models of this suite")
     p.add_argument("--device", default="auto")
     p.add_argument("--retrain", action="store_true", help="retrain even if cached")
     p.add_argument("--data-root", default=None)
@@ -248,13 +251,17 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from bench.determinism import enable_deterministic
     from bench.runner import resolve_device
+    from bench.suites import get_suite
     from zoo import get_model, list_models
-    from zoo.errors import match_names
+    from zoo.errors import QBenchError, match_names
 
+    if args.models is None and args.suite is None:
+        raise QBenchError("name the models to train (names or wildcards) or --suite SUITE")
+    pattern = args.models if args.models is not None else get_suite(args.suite).models
     device = resolve_device(args.device)
     if args.deterministic:
         enable_deterministic()
-    for name in match_names(args.models, list_models(), "model"):
+    for name in match_names(pattern, list_models(), "model"):
         _, card = get_model(name, device=device, retrain=args.retrain, data_root=args.data_root)
         print(f"{name}\tclean_acc={card['clean_acc']:.4f}\ttrain_seconds={card['train_seconds']}"
               f"\tsha256={card['weights_sha256'][:12]}")

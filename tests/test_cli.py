@@ -115,3 +115,10 @@ def test_markdown_marks_values_measured_on_a_prefix():
     table.attrs["n"] = pd.DataFrame({"square": [50.0], "pgd": [200.0]}, index=["m"])
     row = to_markdown(table, percent=("clean", "square", "pgd")).splitlines()[2]
     assert row == "| m | 200 | 98.0 | 86.0 [50] | — |"
+
+
+def test_train_needs_models_or_a_suite(capsys):
+    assert main(["train"]) == 2
+    assert "--suite SUITE" in capsys.readouterr().err
+    assert main(["train", "--suite", "no-such-suite"]) == 2
+    assert "unknown suite" in capsys.readouterr().err
