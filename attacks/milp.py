@@ -21,9 +21,7 @@ The formulation, layer by layer:
 * **Layers ≥ 2** are integer: unit j is +1 iff ``s_j = A_j·h ≥ T_j`` (h ∈ ±1, ``h = 2b − 1``).
   Units whose bounds on ``s_j`` decide them are fixed and not modelled; the others are binaries
   with ``b′ = 1 ⇒ s_j ≥ T_j`` and ``b′ = 0 ⇒ s_j ≤ T_j − 1`` (exact, since s_j is an integer).
-  The bounds come from the reachable first-layer patterns where there are few unstable
-  first-layer units (all 2^k patterns are pushed through the integer layers), else from interval
-  arithmetic.
+  The bounds come from interval arithmetic, layer by layer.
 * **Output**: with ``d_c = (W_c − W_y)·h_L`` (an integer), class c beats the label y iff
   ``d_c ≥ D_c``; the integer threshold D_c is read off torch's own float32 arithmetic on every
   reachable pair of logits, so torch's argmax tie rule (the first maximal index wins) is exact.
@@ -283,15 +281,6 @@ class BNNVerifier:
         L = np.where(const > 0, np.inf, np.where(const < 0, -np.inf, L))
         return L, U
 
-    def _forward_patterns(self, h1: np.ndarray) -> list[np.ndarray]:
-        """Layers 1..L (±1 int8 arrays) of a batch of first-layer patterns ``h1`` (P, n1)."""
-        out = [h1]
-        h = torch.from_numpy(h1)
-        for i in range(len(self.ib.hidden)):
-            h = self.ib.next_layer(i, h)
-            out.append(h.numpy())
-        return out
-
     # -- the decision ----------------------------------------------------------------------
     def verify(self, x0: torch.Tensor, y: int, eps: float, *, method: str = "auto",
                write_model: str | None = None) -> Verdict:
@@ -378,8 +367,9 @@ class BNNVerifier:
             signs[:, leaves] = completions
             h1 = np.repeat(fixed[None], len(signs), axis=0)
             h1[:, free] = signs
-            layers = self._forward_patterns(h1)
-            logits = self.ib.logits_from_hidden(torch.from_numpy(layers[-1]))
+            h1 = torch.from_numpy(h1)
+            last = (self.ib.forward_from(1, h1) or [h1])[-1]
+            logits = self.ib.logits_from_hidden(last)
             winners = signs[(logits.argmax(1) != y).numpy()]
             winners = winners[np.argsort((winners != clean).sum(1), kind="stable")]
             alive = ~reach.conflicted(winners)

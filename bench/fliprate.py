@@ -37,7 +37,7 @@ import torch
 import attacks.iprop  # noqa: F401 - registers "iprop" even where attacks/__init__ does not
 import attacks.milp  # noqa: F401 - registers "milp-linf"
 import zoo
-from attacks import create_attack, list_attacks
+from attacks import attack_spec, create_attack, list_attacks
 from attacks.pgdpp import NJS_N_REF, njs_beta1
 
 DEFAULT_MODELS = ("mnist5k-mlp5x100-bnn-waq", "mnist5k-mlp3x512-bnn-waq")
@@ -105,7 +105,7 @@ def flip_rate_sweep(model_names: Sequence[str], attack_names: Sequence[str],
         clean_acc = int((clean == y).sum()) / n
         for attack_name in attack_names:
             for eps in eps_list:
-                exact = attack_name == "milp-linf"
+                exact = attack_spec(attack_name).traits.family == "exact"
                 attack = (create_attack(attack_name, time_limit=milp_time_limit,
                                         use_milp=False) if exact
                           else create_attack(attack_name))
@@ -153,12 +153,12 @@ def plot_flip_rate(df: pd.DataFrame, path: str | Path) -> Path:
         part = df[df["model"] == model]
         for attack in dict.fromkeys(part["attack"]):
             line = part[part["attack"] == attack].sort_values("eps")
-            if attack == "milp-linf" and "undecided" in line:
+            if "undecided" in line and line["undecided"].notna().any():  # a verifier
                 top = line["flip_rate"] + line["undecided"].fillna(0) / line["n"]
                 ax.fill_between(line["eps"], line["flip_rate"], top, color="0.2", alpha=0.18,
-                                lw=0, label="milp-linf: undecided")
+                                lw=0, label=f"{attack}: undecided")
                 ax.plot(line["eps"], line["flip_rate"], marker="s", color="0.1", lw=2,
-                        label=f"milp-linf (exact where decided, n={int(line['n'].iloc[0])})")
+                        label=f"{attack} (exact where decided, n={int(line['n'].iloc[0])})")
                 continue
             ax.plot(line["eps"], line["flip_rate"], marker="o", label=attack)
         ax.set_xscale("log")

@@ -59,8 +59,9 @@ class Exact:
 
 
 def _family(config: Any) -> str | None:
-    traits = config.get("traits") if isinstance(config, dict) else None
-    return traits.get("family") if isinstance(traits, dict) else None
+    from results.board import traits_from_config  # board imports this module
+
+    return traits_from_config(config)[0].get("family")
 
 
 def verdicts_of(cell: Any) -> list[str] | None:

@@ -31,3 +31,13 @@ def digits_models():
 
     return {q: get_model(f"digits-mlp5x100-{q}", progress=False)[0]
             for q in ("ref", "bnn-wq", "bnn-waq")}
+
+
+@pytest.fixture(scope="session")
+def waq_batch(digits, digits_models):
+    """The digits BNN-WAQ MLP, its first 40 test points and which it classifies correctly."""
+    model = digits_models["bnn-waq"]
+    x, y = digits.test_subset(40)
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
+    return model, x, y, clean

@@ -200,16 +200,13 @@ def test_flip_rate_sweep_verifies_and_plots(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_iprop_runs_through_the_runner_and_counts_integer_forwards(digits):
+def test_iprop_runs_through_the_runner_and_counts_integer_forwards(waq_batch):
     """The runner's pass counter is a transparent wrapper: IPROP looks through it, and its
     cost is the forward passes of its exact integer network (no backward passes)."""
     import bench
     from bench import runner
 
-    model, _ = zoo.get_model("digits-mlp5x100-bnn-waq", progress=False)
-    x, y = digits.test_subset(40)
-    with torch.no_grad():
-        clean = model(x).argmax(1) == y
+    model, x, y, clean = waq_batch
     out = runner.attack_cell(model, x, y, clean, attack_name="iprop", eps=0.2, seed=3,
                              device="cpu")
     assert out["status"] == "ok", out["error"]

@@ -11,7 +11,6 @@ import torch
 from scipy.optimize import linprog
 from torch import nn
 
-import zoo
 from attacks.integer_bnn import FIRST_LAYER_TOL
 from attacks.milp import BNNVerifier
 from bench.verify import verify
@@ -161,16 +160,13 @@ def test_argmax_tie_rule_decides(x0, label, expected):
         assert logits[0] == logits[1]  # the counterexample is a tie, won by class 0
 
 
-def test_milp_cell_through_the_runner(digits):
+def test_milp_cell_through_the_runner(waq_batch):
     """``milp-linf`` through the runner on the digits BNN-WAQ MLP: one verdict per test point
     ("" for clean mistakes), robust = proved + unknown, and no other attack of the same
     points breaks a point it proved robust."""
     from bench import runner
 
-    model, _ = zoo.get_model("digits-mlp5x100-bnn-waq", progress=False)
-    x, y = digits.test_subset(40)
-    with torch.no_grad():
-        clean = model(x).argmax(1) == y
+    model, x, y, clean = waq_batch
     out = runner.attack_cell(model, x, y, clean, attack_name="milp-linf", eps=0.02, seed=0,
                              device="cpu")
     assert out["status"] == "ok", out["error"]
