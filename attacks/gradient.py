@@ -2,18 +2,22 @@
 
 * Random start: uniform in the L∞ ball; for L2, uniform in the L2 ball of the whole input.
 * L∞ step ``x ← Π(x + η·sign(∇ℓ))``; L2 step along ``∇ℓ / ‖∇ℓ‖₂`` per sample.
-* Π projects onto the ε-ball (L2: jointly over the whole input, not per colour channel as the
+* Π projects onto the ε-ball intersected with [0, 1]. For L∞ that intersection is the box
+  ``[max(x − ε, 0), min(x + ε, 1)]``, computed once per batch, and Π is one clamp onto it. For
+  L2, Π scales δ onto the ball (jointly over the whole input, not per colour channel as the
   paper's reference code does), then clamps to [0, 1].
 * Restarts keep, per sample, the first restart that produces an adversarial example.
 * Every iterate whose logits (computed anyway for the gradient) are misclassified is kept as
   the sample's candidate, so a later step cannot undo a success. This costs no extra passes.
+  The last iterate of the last restart is returned without a forward pass of its own: whoever
+  uses the candidates evaluates them anyway (the benchmark verifies every one).
 
 The loss may be scaled by a temperature (``scaler``): that is how PGD++ plugs in.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +28,14 @@ from attacks.base import NORMS, Attack, AttackResult, Norm
 LOSSES = ("ce", "dlr")
 
 
+class Forward(NamedTuple):
+    """A forward pass kept for one more backward pass: the input leaf (a detached copy of the
+    point, requiring grad) and the logits, still attached to the autograd graph."""
+
+    leaf: torch.Tensor
+    logits: torch.Tensor
+
+
 class LogitScaler:
     """A temperature on the logits inside the attack loss. The base class is β = 1."""
 
@@ -32,6 +44,13 @@ class LogitScaler:
     def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Any:
         """Per-batch state computed once at the starting point (e.g. per-sample β)."""
         return None
+
+    def start(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
+              ) -> tuple[Any, Forward | None]:
+        """:meth:`prepare` at the starting point, plus the forward pass it made there when
+        the attack's first step may reuse it (a scaler that needs the logits' gradients at
+        the start, such as HNS, has made one). The base class makes none."""
+        return self.prepare(model, x, y), None
 
     def scale(self, logits: torch.Tensor, y: torch.Tensor, state: Any) -> torch.Tensor:
         return logits
@@ -79,13 +98,23 @@ def _flat_norm(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(dim=1).view(-1, *[1] * (t.ndim - 1))
 
 
-def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    """Project onto the ε-ball around ``x`` (whole input), then clamp to [0, 1]."""
-    delta = x_adv - x
+def linf_box(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The L∞ ε-ball around ``x`` intersected with [0, 1]: ``(max(x − ε, 0), min(x + ε, 1))``."""
+    return (x - eps).clamp_(min=0.0), (x + eps).clamp_(max=1.0)
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str,
+            box: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Project onto the ε-ball around ``x`` (whole input) intersected with [0, 1].
+
+    L∞: a clamp onto :func:`linf_box` (``box``, when given, is that box: it depends on ``x``
+    and ε only). L2: δ scaled onto the ball, then a clamp to [0, 1].
+    """
     if norm == "linf":
-        delta = delta.clamp(-eps, eps)
-    else:
-        delta = delta * (eps / _flat_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
+        lo, hi = box if box is not None else linf_box(x, eps)
+        return torch.clamp(x_adv, lo, hi)
+    delta = x_adv - x
+    delta = delta * (eps / _flat_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
     return (x + delta).clamp(0.0, 1.0)
 
 
@@ -124,25 +153,27 @@ def _peak(grad: torch.Tensor) -> torch.Tensor:
 
 
 def step_into(out: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor,
-              step: float, eps: float, norm: str) -> torch.Tensor:
-    """``project(x_adv + step · ascent_direction(grad), x, eps, norm)``, written into ``out``.
+              step: float, eps: float, norm: str,
+              box: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """``project(x_adv + step · ascent_direction(grad), x, eps, norm, box)``, written into
+    ``out``.
 
     The same floating-point operations in the same order as that expression (so the same bits:
     the tests compare them), done in place in one preallocated buffer: the attack loop then
     allocates no input-sized tensor per step. ``out`` must not alias ``x_adv``, ``grad`` or ``x``.
+    An L∞ step is three passes over the input: sign, ``x_adv + step · sign`` (exact product:
+    ±step or 0) and the clamp onto the box.
     """
     if norm == "linf":
+        lo, hi = box if box is not None else linf_box(x, eps)
         torch.sign(grad, out=out)
-        out.mul_(step)  # exact: ±step or 0
-    else:
-        torch.div(grad, _peak(grad).clamp_min(torch.finfo(grad.dtype).tiny), out=out)
-        out.div_(_flat_norm(out).clamp_min(1e-12))
-        out.mul_(step)
+        torch.add(x_adv, out, alpha=step, out=out)
+        return torch.clamp(out, lo, hi, out=out)
+    torch.div(grad, _peak(grad).clamp_min(torch.finfo(grad.dtype).tiny), out=out)
+    out.div_(_flat_norm(out).clamp_min(1e-12))
+    out.mul_(step)
     out.add_(x_adv).sub_(x)  # the step taken, then the perturbation δ (IEEE + commutes)
-    if norm == "linf":
-        out.clamp_(-eps, eps)
-    else:
-        out.mul_((eps / _flat_norm(out).clamp_min(1e-12)).clamp(max=1.0))
+    out.mul_((eps / _flat_norm(out).clamp_min(1e-12)).clamp(max=1.0))
     return out.add_(x).clamp_(0.0, 1.0)
 
 
@@ -158,8 +189,11 @@ def _keep_new_successes(found: torch.Tensor, success: torch.Tensor, x_adv: torch
 class GradientAttack(Attack):
     """PGD with ``steps`` steps of size ``rel_step · ε``; FGSM is ``steps=1, rel_step=1``."""
 
-    #: 2: the L2 step no longer underflows on saturated networks (see ascent_direction)
-    version = 2
+    #: 2: the L2 step no longer underflows on saturated networks (see ascent_direction);
+    #: 3: the L∞ projection is one clamp onto the box [max(x − ε, 0), min(x + ε, 1)] (before:
+    #: δ clamped to ±ε, x + δ clamped to [0, 1]; the same point up to the rounding of
+    #: x + (x' − x)), and the last iterate gets no forward pass of the attack's own
+    version = 3
 
     def __init__(
         self, *, norm: Norm = "linf", steps: int = 20, rel_step: float = 0.25,
@@ -185,22 +219,27 @@ class GradientAttack(Attack):
         return ascent_direction(grad, self.norm)
 
     def step_into(self, out: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor,
-                  x: torch.Tensor, step: float, eps: float) -> torch.Tensor:
+                  x: torch.Tensor, step: float, eps: float,
+                  box: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """One step, ``project(x_adv + step · direction(grad))``, written into ``out``: in
-        place (:func:`step_into`) for the standard direction, plainly for an overridden one."""
+        place (:func:`step_into`) for the standard direction, plainly for an overridden one.
+        ``box`` is the L∞ :func:`linf_box` of ``x`` and ε, when the caller has it."""
         if type(self).direction is GradientAttack.direction:
-            return step_into(out, x_adv, grad, x, step, eps, self.norm)
-        return out.copy_(project(x_adv + step * self.direction(grad), x, eps, self.norm))
+            return step_into(out, x_adv, grad, x, step, eps, self.norm, box)
+        return out.copy_(project(x_adv + step * self.direction(grad), x, eps, self.norm, box))
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
             generator: torch.Generator) -> AttackResult:
-        best, broken, state = self._one_run(model, x, y, eps, generator)  # every point
+        # only a restart that decides which points run again checks its last iterate
+        best, broken, state = self._one_run(model, x, y, eps, generator,
+                                            check_last=self.restarts > 1)  # every point
         states: list[Any] = [state]
-        for _ in range(self.restarts - 1):
+        for r in range(1, self.restarts):
             todo = (~broken).nonzero().squeeze(1)
             if len(todo) == 0:
                 break
-            x_adv, success, state = self._one_run(model, x[todo], y[todo], eps, generator)
+            x_adv, success, state = self._one_run(model, x[todo], y[todo], eps, generator,
+                                                  check_last=r < self.restarts - 1)
             states.append(state)
             best[todo] = x_adv
             broken[todo] |= success
@@ -209,24 +248,32 @@ class GradientAttack(Attack):
         return AttackResult(best, info)
 
     def _one_run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
-                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, Any]:
+                 gen: torch.Generator, *, check_last: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """One restart: the candidates, which of them the attack saw misclassified (the last
+        iterate only with ``check_last``: one more forward pass) and the scaler's state."""
         loss_fn = ce_loss if self.loss == "ce" else dlr_loss
         step = self.rel_step * eps
+        box = linf_box(x, eps) if self.norm == "linf" else None
         x_adv = random_start(x, eps, self.norm, gen) if self.random_start else x.clone()
-        state = self.scaler.prepare(model, x_adv, y)
+        state, first = self.scaler.start(model, x_adv, y)
         # rows of `found` are only read where `success` is set, i.e. after they were written
         found = torch.empty_like(x_adv)
         success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         spare = torch.empty_like(x_adv)  # two buffers take turns holding the iterate
         for _ in range(self.steps):
-            leaf = x_adv.requires_grad_(True)
-            logits = model(leaf)
+            if first is not None:  # the scaler's forward pass at the start, reused once
+                (leaf, logits), first = first, None
+            else:
+                leaf = x_adv.requires_grad_(True)
+                logits = model(leaf)
             x_adv = leaf.detach()
             _keep_new_successes(found, success, x_adv, logits.detach(), y)
             loss = loss_fn(self.scaler.scale(logits, y, state), y).sum()
             (grad,) = torch.autograd.grad(loss, leaf)
-            x_adv, spare = self.step_into(spare, x_adv, grad, x, step, eps), x_adv
-        with torch.no_grad():
-            logits = model(x_adv)
-        _keep_new_successes(found, success, x_adv, logits, y)
+            x_adv, spare = self.step_into(spare, x_adv, grad, x, step, eps, box), x_adv
+        if check_last:
+            with torch.no_grad():
+                logits = model(x_adv)
+            _keep_new_successes(found, success, x_adv, logits, y)
         return torch.where(success.view(-1, *[1] * (x.ndim - 1)), found, x_adv), success, state

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks.gradient import FixedTemperature, GradientAttack, LogitScaler
+from attacks.gradient import FixedTemperature, Forward, GradientAttack, LogitScaler
 from attacks.registry import register_attack
 from attacks.traits import Traits
 
@@ -65,8 +65,9 @@ def _vmapped_backward_pays(model: nn.Module) -> bool:
     return not any(isinstance(m, _UNBATCHED_BACKWARD) for m in model.modules())
 
 
-def logits_and_jacobian(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits ``(B, d)`` and input-output Jacobians ``(B, d, N)`` (N = inputs per sample).
+def forward_and_jacobian(model: nn.Module, x: torch.Tensor) -> tuple[Forward, torch.Tensor]:
+    """The forward pass at ``x`` (kept: its graph may serve one more backward pass) and the
+    input-output Jacobians ``(B, d, N)`` (N = inputs per sample).
 
     One forward pass and d backward passes, one per one-hot cotangent: vmapped into one call
     (``is_grads_batched``) unless the model has layers that vmap cannot batch (convolutions,
@@ -81,20 +82,27 @@ def logits_and_jacobian(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
             eye = torch.eye(d, dtype=out.dtype, device=out.device)
             try:
                 (g,) = torch.autograd.grad(out, xg, grad_outputs=eye[:, None].expand(d, b, d),
-                                           is_grads_batched=True)
+                                           is_grads_batched=True, retain_graph=True)
                 # a vmapped backward is d backward passes, but a pass counter's output hook
                 # fires once: tell an instrumented model (bench.instrument.CountingModel)
                 count = getattr(model, "count_backwards", None)
                 if callable(count):
                     count((d - 1) * b)
-                return out.detach(), g.reshape(d, b, -1).transpose(0, 1)
+                return Forward(xg, out), g.reshape(d, b, -1).transpose(0, 1)
             except (RuntimeError, NotImplementedError):  # no batching rule: d backward passes
                 xg = x.detach().requires_grad_(True)
                 out = model(xg)
-        rows = [torch.autograd.grad(out[:, k].sum(), xg, retain_graph=k < d - 1)[0]
+        rows = [torch.autograd.grad(out[:, k].sum(), xg, retain_graph=True)[0]
                 for k in range(d)]
         jac = torch.stack([r.reshape(b, -1) for r in rows], dim=1)
-    return out.detach(), jac
+    return Forward(xg, out), jac
+
+
+def logits_and_jacobian(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``(B, d)`` and input-output Jacobians ``(B, d, N)`` at ``x``
+    (:func:`forward_and_jacobian`, the graph dropped)."""
+    forward, jac = forward_and_jacobian(model, x)
+    return forward.logits.detach(), jac
 
 
 def input_jacobian(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -278,13 +286,14 @@ def hns_beta(logits: torch.Tensor, gram: torch.Tensor, y: torch.Tensor, *,
     return beta.to(a.dtype), ~ok
 
 
-def hns_beta_for(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-                 grid_size: int = HNS_GRID) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """HNS β of ``model`` at ``x``: ``(beta, fell_back, logits)``."""
-    logits, jac = logits_and_jacobian(model, x)
+def hns_beta_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                grid_size: int = HNS_GRID) -> tuple[torch.Tensor, torch.Tensor, Forward]:
+    """HNS β of ``model`` at ``x``: ``(beta, fell_back, forward)``, ``forward`` the pass at
+    ``x`` that gave the Jacobian (graph kept, see :func:`forward_and_jacobian`)."""
+    forward, jac = forward_and_jacobian(model, x)
     gram = jac @ jac.transpose(1, 2)
-    beta, fell_back = hns_beta(logits, gram, y, grid_size=grid_size)
-    return beta, fell_back, logits
+    beta, fell_back = hns_beta(forward.logits.detach(), gram, y, grid_size=grid_size)
+    return beta, fell_back, forward
 
 
 class HNSScaler(LogitScaler):
@@ -298,8 +307,14 @@ class HNSScaler(LogitScaler):
         self.grid_size = int(grid_size)
 
     def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-        beta, fell_back, _ = hns_beta_for(model, x, y, grid_size=self.grid_size)
-        return {"beta": beta, "fell_back": fell_back}
+        return self.start(model, x, y)[0]
+
+    def start(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
+              ) -> tuple[dict[str, Any], Forward]:
+        """β at the start point, and the forward pass made there for the Jacobian: the
+        attack's first step back-propagates its loss through it (no second forward pass)."""
+        beta, fell_back, forward = hns_beta_at(model, x, y, grid_size=self.grid_size)
+        return {"beta": beta, "fell_back": fell_back}, forward
 
     def scale(self, logits: torch.Tensor, y: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
         return logits * state["beta"][:, None]
