@@ -27,7 +27,7 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from bench.calibrate import calibrate
-from bench.determinism import enable_deterministic
+from bench.jobs import prepare_worker
 from bench.runner import (
     RUN,
     Grid,
@@ -107,13 +107,6 @@ def dataset(name: str, data_root: str | None) -> Dataset:
 def unit_plan(grid: Grid, data: Dataset, unit: Unit, sha: str) -> list[PlannedCell]:
     plan = plan_cells(data, [unit.attack], grid.eps, grid.n, grid.limits.get(unit.model, {}))
     return [c for c in plan if c.key(sha, grid.seed) in unit.keys]
-
-
-def prepare_worker(threads: int, deterministic: bool) -> None:
-    """Set a task's torch threads, and deterministic mode when the driver runs in it."""
-    torch.set_num_threads(threads)
-    if deterministic:
-        enable_deterministic()
 
 
 def execute_unit(unit: Unit, shipped: Shipped, *, grid: Grid, data_root: str | None,

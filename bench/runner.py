@@ -180,7 +180,8 @@ class RunSummary:
 
     ``shared`` counts cells another process computed while this one ran (claimed first, see
     :meth:`results.store.CellLog.claim`); ``failures`` names each model stage that failed
-    (training, calibration, clean pass, diagnostics) with its reason.
+    (training, calibration, clean pass, diagnostics) with its reason. ``by_process`` is set
+    by a run in several processes (``jobs``): the cells each of them ran, this one first.
     """
 
     records: list[CellRecord] = field(default_factory=list)
@@ -188,6 +189,7 @@ class RunSummary:
     shared: int = 0
     errors: int = 0
     failures: list[str] = field(default_factory=list)
+    by_process: list[int] = field(default_factory=list)
 
     @property
     def ran(self) -> int:
@@ -507,19 +509,19 @@ class Recorder:
     """The driver's side of a run, and the only writer of its records.
 
     Holds the suite's :class:`results.store.CellLog`, the run's summary and progress bar.
-    ``since`` is empty, or with ``force`` the run's start: cells recorded ``ok`` after it
-    count as done.
+    ``since`` is empty, or with ``force`` the run's start (given: the start of the run this
+    process helps, see :mod:`bench.jobs`): cells recorded ``ok`` after it count as done.
     """
 
-    def __init__(self, grid: Grid, *, results_root: Path | None, force: bool, progress: bool
-                 ) -> None:
+    def __init__(self, grid: Grid, *, results_root: Path | None, force: bool, progress: bool,
+                 since: str | None = None) -> None:
         self.grid, self.force = grid, force
         self.mpath = models_path(grid.suite, results_root)
         latest_cells(grid.suite, results_root)  # a corrupt records file stops here
         self.known_models = latest_models(grid.suite, results_root)
         self.log = CellLog(cells_path(grid.suite, results_root))
         self.log.refresh()
-        self.since = provenance.now() if force else ""
+        self.since = "" if not force else since or provenance.now()
         self.summary = RunSummary()
         self.bar = tqdm(total=len(grid.cells()), desc=f"suite {grid.suite}", unit="cell",
                         disable=not progress)
@@ -582,7 +584,8 @@ def run_grid(
     grid: Grid, *, device: str = "auto", results_root: Path | None = None, force: bool = False,
     retrain: bool = False, progress: bool = True, data_root: str | None = None,
     max_train_steps: int | None = None, executor: str = "local", ray_address: str | None = None,
-    gpus_per_task: float = 0.0, threads_per_task: int = 1,
+    gpus_per_task: float = 0.0, threads_per_task: int = 1, jobs: int = 1,
+    since: str | None = None,
 ) -> RunSummary:
     """Run a grid, appending each finished cell to ``<results_root>/<suite>.cells.jsonl``.
 
@@ -597,9 +600,23 @@ def run_grid(
     claimant died without recording it). ``executor="ray"`` sends one task per (model, attack)
     to a Ray cluster (``ray_address``; see :mod:`bench.distributed`) and records what the tasks
     return: the same cells, keys and records.
+
+    ``jobs`` > 1 (local executor only) runs the grid in that many processes, with an equal
+    share of the threads each, after training its models here (see :mod:`bench.jobs`).
+    ``since`` is for those helper processes: the start of the run they help (what ``force``
+    recomputes).
     """
     if executor not in ("local", "ray"):
         raise QBenchError(f"unknown executor {executor!r}; allowed: local, ray")
+    if jobs != 1:
+        if executor != "local":
+            raise QBenchError(f"--jobs {jobs} runs local processes; with --executor ray use "
+                              "--threads-per-task to size the tasks")
+        from bench.jobs import run_jobs
+
+        return run_jobs(grid, jobs, device=device, results_root=results_root, force=force,
+                        retrain=retrain, progress=progress, data_root=data_root,
+                        max_train_steps=max_train_steps)
     if executor == "ray":
         from bench.distributed import run_on_ray
 
@@ -612,7 +629,7 @@ def run_grid(
             rec.bar.close()
         return rec.summary
     device = resolve_device(device)
-    rec = Recorder(grid, results_root=results_root, force=force, progress=progress)
+    rec = Recorder(grid, results_root=results_root, force=force, progress=progress, since=since)
     data = load_dataset(grid.dataset, data_root)
     deferred: dict[str, set[str]] = {}
 

@@ -1,6 +1,6 @@
 """Where a suite's wall time went, from its records alone (nothing is run).
 
-    python benchmarks/suite_time.py [--suite mnist5k] [--commit 66ade28]
+    python benchmarks/suite_time.py [--suite mnist5k] [--commit 66ade28] [--records DIR]
 
 Every cell record holds the attack's ``seconds`` and its ``created`` time; every model record
 holds the model card (with ``train_seconds``) and its own ``created`` time, written after the
@@ -39,11 +39,14 @@ def _read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def breakdown(suite: str, commit: str | None = None) -> dict:
+def breakdown(suite: str, commit: str | None = None, records: Path = RECORDS) -> dict:
     """Seconds per model and per attack family of one run of ``suite`` (default: the commit
-    that wrote the most model records)."""
-    cells = _read(RECORDS / f"{suite}.cells.jsonl")
-    models = _read(RECORDS / f"{suite}.models.jsonl")
+    that wrote the most model records) in the folder ``records``.
+
+    Per-model wall times assume one process (models one after another); for a run in several
+    processes (``--jobs``) only the training and attack seconds are meaningful."""
+    cells = _read(records / f"{suite}.cells.jsonl")
+    models = _read(records / f"{suite}.models.jsonl")
     if commit is None:
         commit = collections.Counter(m["versions"]["qbench_commit"]
                                      for m in models).most_common(1)[0][0]
@@ -85,8 +88,10 @@ def main() -> None:
     ap.add_argument("--suite", default="mnist5k")
     ap.add_argument("--commit", default=None, help="qbench_commit of the run (default: the "
                     "one that wrote the most model records)")
+    ap.add_argument("--records", type=Path, default=RECORDS,
+                    help="records folder (default: the project's results/records)")
     args = ap.parse_args()
-    b = breakdown(args.suite, args.commit)
+    b = breakdown(args.suite, args.commit, args.records)
     print(f"suite {args.suite}, run of commit {b['commit']}\n")
     print("| model | wall s | training s | attacks s | rest s |\n|---|---|---|---|---|")
     tot = collections.Counter()

@@ -103,3 +103,24 @@ def test_kill_soak_loses_and_duplicates_nothing(tmp_path, reference):
         records = lines(folder)  # every line parses
         assert len(records) == CELLS and len({r["key"] for r in records}) == CELLS
         assert vectors(folder) == vectors(ref)
+
+
+def test_jobs_share_one_grid_between_this_process_and_its_helpers(tmp_path, reference):
+    """``--jobs 2``: one command, two processes on the grid; together they run each cell once,
+    with the per-sample results of a single-process run. Square (seconds per cell) keeps the
+    first process busy long enough for the helper to take units of its own."""
+    grid = [*GRID, "--attacks", "square,fgsm,pgd-linf,pgd-linf-njs,pgd-l2"]
+    single = tmp_path / "single"
+    subprocess.run([*run_cmd(single)[:4], *grid, "--results", str(single)], cwd=ROOT,
+                   check=True, capture_output=True, env=ENV)
+    both = tmp_path / "jobs"
+    out = subprocess.run([*run_cmd(both)[:4], *grid, "--results", str(both), "--jobs", "2"],
+                         cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=600)
+    assert out.returncode == 0, out.stderr[-800:]
+    here, helper = map(int, re.search(r"(\d+) in this one, (\d+) in its helpers",
+                                      out.stdout).groups())
+    total = CELLS + 2 * 2  # square at L∞ 0.1 and 0.3 on both models
+    assert here + helper == total and here > 0 and helper > 0
+    records = lines(both)
+    assert len(records) == total and len({r["key"] for r in records}) == total
+    assert vectors(both) == vectors(single)

@@ -1,0 +1,102 @@
+"""Several local processes on one grid: ``python -m bench run --jobs N``.
+
+Small models use the threads of one process badly: an MLP step on a batch of 256 spends much
+of its time in OpenMP barriers, and combinatorial attacks (IPROP) run many tiny operations.
+``N`` processes with an equal share of the threads each (one each on a 2-core machine) finish
+a grid sooner. They share it through the records' claims (:class:`bench.runner.ClaimGate`):
+every (model, attack) unit is computed by exactly one of them, and a unit whose process dies
+is computed by another at the end.
+
+This process trains (or loads) every model of the grid first, at its own thread count:
+trained weights depend on the torch thread count, and the zoo's published weights were
+trained with two threads. It then starts ``N - 1`` helper processes, runs the grid itself and
+merges their summaries into its own.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+from bench import provenance
+from bench.determinism import enable_deterministic
+from bench.runner import Grid, RunSummary, run_grid
+from zoo import get_model
+from zoo.errors import QBenchError
+
+
+def threads_per_job(jobs: int, threads: int | None = None) -> int:
+    """Each process's torch threads: an equal share of ``threads`` (default: this process's),
+    at least one."""
+    return max(1, (threads or torch.get_num_threads()) // jobs)
+
+
+def prepare_worker(threads: int, deterministic: bool) -> None:
+    """Set a worker's torch threads, and deterministic mode when the driver runs in it."""
+    torch.set_num_threads(threads)
+    if deterministic:
+        enable_deterministic()
+
+
+def train_models(grid: Grid, *, device: str, retrain: bool, progress: bool,
+                 data_root: str | None, max_train_steps: int | None) -> None:
+    """Train (or load) the grid's models here. A model that fails is left to the run, which
+    records the failure in its cells."""
+    for name in grid.models:
+        try:
+            get_model(name, device=device, retrain=retrain, progress=progress,
+                      data_root=data_root, max_train_steps=max_train_steps)
+        except Exception:  # noqa: BLE001, S112 - the run reports it, cell by cell
+            continue
+
+
+def _helper(grid: Grid, threads: int, deterministic: bool, kwargs: dict) -> RunSummary:
+    """One helper process: the grid at ``threads`` threads, no progress bar."""
+    prepare_worker(threads, deterministic)
+    return run_grid(grid, progress=False, **kwargs)
+
+
+def merge(summary: RunSummary, other: RunSummary, total: int) -> None:
+    """Add a helper's summary to ``summary`` (in place); ``total`` is the grid's cell count."""
+    summary.by_process = (summary.by_process or [summary.ran]) + [other.ran]
+    summary.records.extend(other.records)
+    summary.errors += other.errors
+    summary.failures.extend(f for f in other.failures if f not in summary.failures)
+    summary.shared = 0
+    summary.skipped = max(0, total - summary.ran)
+
+
+def run_jobs(grid: Grid, jobs: int, *, device: str, results_root: Path | None, force: bool,
+             retrain: bool, progress: bool, data_root: str | None,
+             max_train_steps: int | None) -> RunSummary:
+    """Run ``grid`` in ``jobs`` processes (this one and ``jobs - 1`` helpers) that share it."""
+    if jobs < 1:
+        raise QBenchError(f"--jobs must be a positive number of processes, got {jobs}")
+    threads = threads_per_job(jobs)
+    train_models(grid, device=device, retrain=retrain, progress=progress, data_root=data_root,
+                 max_train_steps=max_train_steps)
+    since = provenance.now() if force else None
+    kwargs = dict(device=device, results_root=results_root, force=force, retrain=False,
+                  data_root=data_root, max_train_steps=max_train_steps, since=since)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    saved = torch.get_num_threads()
+    # spawn, not fork: a forked copy of a process that has run torch's thread pool may hang
+    with ProcessPoolExecutor(jobs - 1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        helpers = [pool.submit(_helper, grid, threads, deterministic, kwargs)
+                   for _ in range(jobs - 1)]
+        torch.set_num_threads(threads)
+        try:
+            summary = run_grid(grid, progress=progress, **kwargs)
+        finally:
+            torch.set_num_threads(saved)
+        total = len(grid.cells())
+        for helper in helpers:
+            try:
+                merge(summary, helper.result(), total)
+            except Exception as exc:  # noqa: BLE001 - its units were finished here
+                summary.failures.append(f"a helper process failed: {type(exc).__name__}: "
+                                        f"{exc}; this process computed what it left")
+    return summary
