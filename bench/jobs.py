@@ -16,7 +16,8 @@ merges their summaries into its own.
 from __future__ import annotations
 
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import torch
@@ -53,10 +54,29 @@ def train_models(grid: Grid, *, device: str, retrain: bool, progress: bool,
             continue
 
 
-def _helper(grid: Grid, threads: int, deterministic: bool, kwargs: dict) -> RunSummary:
-    """One helper process: the grid at ``threads`` threads, no progress bar."""
-    prepare_worker(threads, deterministic)
-    return run_grid(grid, progress=False, **kwargs)
+def _helper(conn: Connection, grid: Grid, threads: int, deterministic: bool,
+            kwargs: dict) -> None:
+    """One helper process: the grid at ``threads`` threads, no progress bar; its summary (or
+    its failure) goes back through ``conn``."""
+    try:
+        prepare_worker(threads, deterministic)
+        summary = run_grid(grid, progress=False, **kwargs)
+    except BaseException as exc:  # noqa: BLE001 - reported by the first process
+        summary = RunSummary(failures=[f"a helper process failed: {type(exc).__name__}: "
+                                       f"{exc}"[:500]])
+    conn.send(summary)
+    conn.close()
+
+
+def _collect(proc: BaseProcess, conn: Connection) -> RunSummary:
+    """A helper's summary, once it has finished (or a failure if it died without one)."""
+    while not conn.poll(0.5):
+        if not proc.is_alive() and not conn.poll():
+            return RunSummary(failures=[f"a helper process died (exit code {proc.exitcode}); "
+                                        "the first process computed what it left"])
+    summary = conn.recv()
+    proc.join()
+    return summary
 
 
 def merge(summary: RunSummary, other: RunSummary, total: int) -> None:
@@ -82,21 +102,28 @@ def run_jobs(grid: Grid, jobs: int, *, device: str, results_root: Path | None, f
     kwargs = dict(device=device, results_root=results_root, force=force, retrain=False,
                   data_root=data_root, max_train_steps=max_train_steps, since=since)
     deterministic = torch.are_deterministic_algorithms_enabled()
-    saved = torch.get_num_threads()
     # spawn, not fork: a forked copy of a process that has run torch's thread pool may hang
-    with ProcessPoolExecutor(jobs - 1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        helpers = [pool.submit(_helper, grid, threads, deterministic, kwargs)
-                   for _ in range(jobs - 1)]
-        torch.set_num_threads(threads)
-        try:
-            summary = run_grid(grid, progress=progress, **kwargs)
-        finally:
-            torch.set_num_threads(saved)
+    ctx = multiprocessing.get_context("spawn")
+    helpers = []
+    for _ in range(jobs - 1):
+        ours, theirs = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_helper, args=(theirs, grid, threads, deterministic, kwargs),
+                           daemon=True)
+        proc.start()
+        theirs.close()
+        helpers.append((proc, ours))
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        summary = run_grid(grid, progress=progress, **kwargs)
+        # every unit is recorded now: this run waited for those its helpers held
         total = len(grid.cells())
-        for helper in helpers:
-            try:
-                merge(summary, helper.result(), total)
-            except Exception as exc:  # noqa: BLE001 - its units were finished here
-                summary.failures.append(f"a helper process failed: {type(exc).__name__}: "
-                                        f"{exc}; this process computed what it left")
+        for proc, conn in helpers:
+            merge(summary, _collect(proc, conn), total)
+    finally:
+        torch.set_num_threads(saved)
+        for proc, _ in helpers:  # interrupted: the helpers stop too (finished cells stay)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
     return summary
