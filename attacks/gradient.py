@@ -179,11 +179,26 @@ def step_into(out: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor, x: tor
 
 def _keep_new_successes(found: torch.Tensor, success: torch.Tensor, x_adv: torch.Tensor,
                         logits: torch.Tensor, y: torch.Tensor) -> None:
-    """Copy the iterates that are misclassified for the first time into ``found`` (in place)."""
-    newly = (logits.argmax(1) != y) & ~success
-    idx = newly.nonzero().squeeze(1)
-    found.index_copy_(0, idx, x_adv.index_select(0, idx))
-    success |= newly
+    """Copy the iterates that are misclassified for the first time into ``found`` (in place).
+
+    Four small operations on a step without a new success (argmax, ≠, "wrong and not yet
+    successful" as one comparison of booleans, any), four more on a step with one."""
+    newly = torch.gt(logits.argmax(1) != y, success)
+    if newly.any():
+        idx = newly.nonzero().squeeze(1)
+        found.index_copy_(0, idx, x_adv.index_select(0, idx))
+        success.logical_or_(newly)
+
+
+def ce_sum(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The batch's summed cross-entropy (one fused reduction: the same gradient, bit for bit,
+    as ``ce_loss(z, y).sum()``)."""
+    return F.cross_entropy(z, y, reduction="sum")
+
+
+def dlr_sum(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The batch's summed DLR loss."""
+    return dlr_loss(z, y).sum()
 
 
 class GradientAttack(Attack):
@@ -252,7 +267,7 @@ class GradientAttack(Attack):
                  ) -> tuple[torch.Tensor, torch.Tensor, Any]:
         """One restart: the candidates, which of them the attack saw misclassified (the last
         iterate only with ``check_last``: one more forward pass) and the scaler's state."""
-        loss_fn = ce_loss if self.loss == "ce" else dlr_loss
+        loss_fn = ce_sum if self.loss == "ce" else dlr_sum
         step = self.rel_step * eps
         box = linf_box(x, eps) if self.norm == "linf" else None
         x_adv = random_start(x, eps, self.norm, gen) if self.random_start else x.clone()
@@ -269,7 +284,7 @@ class GradientAttack(Attack):
                 logits = model(leaf)
             x_adv = leaf.detach()
             _keep_new_successes(found, success, x_adv, logits.detach(), y)
-            loss = loss_fn(self.scaler.scale(logits, y, state), y).sum()
+            loss = loss_fn(self.scaler.scale(logits, y, state), y)
             (grad,) = torch.autograd.grad(loss, leaf)
             x_adv, spare = self.step_into(spare, x_adv, grad, x, step, eps, box), x_adv
         if check_last:
