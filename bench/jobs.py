@@ -16,6 +16,7 @@ merges their summaries into its own.
 from __future__ import annotations
 
 import multiprocessing
+import sys
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 
 from bench import provenance
 from bench.determinism import enable_deterministic
-from bench.runner import Grid, RunSummary, run_grid
+from bench.runner import Grid, RunSummary, resolve_device, run_grid
 from zoo import get_model
 from zoo.errors import QBenchError
 
@@ -44,14 +45,15 @@ def prepare_worker(threads: int, deterministic: bool) -> None:
 
 def train_models(grid: Grid, *, device: str, retrain: bool, progress: bool,
                  data_root: str | None, max_train_steps: int | None) -> None:
-    """Train (or load) the grid's models here. A model that fails is left to the run, which
-    records the failure in its cells."""
+    """Train (or load) the grid's models here, on ``device`` (resolved: cpu, cuda, …). A model
+    that fails is left to the run, which records the failure in its cells."""
     for name in grid.models:
         try:
             get_model(name, device=device, retrain=retrain, progress=progress,
                       data_root=data_root, max_train_steps=max_train_steps)
-        except Exception:  # noqa: BLE001, S112 - the run reports it, cell by cell
-            continue
+        except Exception as exc:  # noqa: BLE001 - the run records it, cell by cell
+            print(f"warning: training {name} failed ({type(exc).__name__}: {exc}); its cells "
+                  "will record the failure", file=sys.stderr)
 
 
 def _helper(conn: Connection, grid: Grid, threads: int, deterministic: bool,
@@ -96,6 +98,7 @@ def run_jobs(grid: Grid, jobs: int, *, device: str, results_root: Path | None, f
     if jobs < 1:
         raise QBenchError(f"--jobs must be a positive number of processes, got {jobs}")
     threads = threads_per_job(jobs)
+    device = resolve_device(device)
     train_models(grid, device=device, retrain=retrain, progress=progress, data_root=data_root,
                  max_train_steps=max_train_steps)
     since = provenance.now() if force else None

@@ -124,3 +124,19 @@ def test_jobs_share_one_grid_between_this_process_and_its_helpers(tmp_path, refe
     records = lines(both)
     assert len(records) == total and len({r["key"] for r in records}) == total
     assert vectors(both) == vectors(single)
+
+
+def test_jobs_train_missing_models_first_in_the_first_process(tmp_path):
+    """Models not yet cached are trained before the helpers start, in the first process at its
+    own thread count (trained weights depend on it), on the device it resolved."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "QBENCH_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--models", "digits-mlp5x100-ref",
+         "--attacks", "fgsm", "--eps", "0.1", "--n", "20", "--no-progress", "--jobs", "2",
+         "--max-train-steps", "3", "--results", str(tmp_path / "records")],
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-800:]
+    assert "warning" not in out.stderr
+    (card_file,) = (tmp_path / "cache").rglob("digits-mlp5x100-ref*.json")
+    card = json.loads(card_file.read_text())
+    assert card["train_threads"] == 2 and card["trained_on"] == "cpu"

@@ -183,6 +183,8 @@ def get_model(
                 **_static_card(run, model),
                 **smoke,
                 "trained_on": device,
+                # weights depend on it: the float reductions of training differ by thread count
+                "train_threads": torch.get_num_threads(),
                 "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "torch": torch.__version__,
                 "platform": platform.platform(),
