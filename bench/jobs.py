@@ -25,8 +25,10 @@ import torch
 
 from bench import provenance
 from bench.determinism import enable_deterministic
-from bench.runner import Grid, RunSummary, resolve_device, run_grid
-from zoo import get_model
+from bench.runner import Grid, RunSummary, plan_cells, resolve_device, run_grid
+from results import cells_path
+from results.store import CellLog
+from zoo import get_model, load_dataset
 from zoo.errors import QBenchError
 
 
@@ -44,16 +46,34 @@ def prepare_worker(threads: int, deterministic: bool) -> None:
 
 
 def train_models(grid: Grid, *, device: str, retrain: bool, progress: bool,
-                 data_root: str | None, max_train_steps: int | None) -> None:
-    """Train (or load) the grid's models here, on ``device`` (resolved: cpu, cuda, …). A model
-    that fails is left to the run, which records the failure in its cells."""
+                 data_root: str | None, max_train_steps: int | None) -> dict[str, str]:
+    """Train (or load) the grid's models here, on ``device`` (resolved: cpu, cuda, …): their
+    weights' sha256 by name. A model that fails is left to the run, which records the failure
+    in its cells."""
+    shas = {}
     for name in grid.models:
         try:
-            get_model(name, device=device, retrain=retrain, progress=progress,
-                      data_root=data_root, max_train_steps=max_train_steps)
+            _, card = get_model(name, device=device, retrain=retrain, progress=progress,
+                                data_root=data_root, max_train_steps=max_train_steps)
+            shas[name] = card["weights_sha256"]
         except Exception as exc:  # noqa: BLE001 - the run records it, cell by cell
             print(f"warning: training {name} failed ({type(exc).__name__}: {exc}); its cells "
                   "will record the failure", file=sys.stderr)
+    return shas
+
+
+def pending(grid: Grid, shas: dict[str, str], *, results_root: Path | None,
+            data_root: str | None) -> int:
+    """How many cells of the grid are not recorded ``ok`` (all of a model without weights)."""
+    log = CellLog(cells_path(grid.suite, results_root))
+    log.refresh()
+    data = load_dataset(grid.dataset, data_root)
+    todo = 0
+    for name in grid.models:
+        plan = plan_cells(data, grid.attacks, grid.eps, grid.n, grid.limits.get(name, {}))
+        sha = shas.get(name)
+        todo += sum(sha is None or not log.done(c.key(sha, grid.seed), "") for c in plan)
+    return todo
 
 
 def _helper(conn: Connection, grid: Grid, threads: int, deterministic: bool,
@@ -99,8 +119,10 @@ def run_jobs(grid: Grid, jobs: int, *, device: str, results_root: Path | None, f
         raise QBenchError(f"--jobs must be a positive number of processes, got {jobs}")
     threads = threads_per_job(jobs)
     device = resolve_device(device)
-    train_models(grid, device=device, retrain=retrain, progress=progress, data_root=data_root,
-                 max_train_steps=max_train_steps)
+    shas = train_models(grid, device=device, retrain=retrain, progress=progress,
+                        data_root=data_root, max_train_steps=max_train_steps)
+    if not force and not pending(grid, shas, results_root=results_root, data_root=data_root):
+        jobs = 1  # everything is recorded: no helper process to start
     since = provenance.now() if force else None
     kwargs = dict(device=device, results_root=results_root, force=force, retrain=False,
                   data_root=data_root, max_train_steps=max_train_steps, since=since)

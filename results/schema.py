@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -135,7 +135,11 @@ def _matches(value: Any, tp: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if origin is list:
         (item,) = typing.get_args(tp)
-        return isinstance(value, list) and all(_matches(v, item) for v in value)
+        if not isinstance(value, list):
+            return False
+        if item is int or item is str:  # per-sample lists: one pass over their types
+            return set(map(type, value)) <= {item}
+        return all(_matches(v, item) for v in value)
     if origin is dict:
         k, v = typing.get_args(tp)
         return isinstance(value, dict) and all(
@@ -171,7 +175,21 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
 
 
 def to_dict(record: Any) -> dict[str, Any]:
-    return asdict(record)
+    """The record as plain JSON data (a copy: changing it leaves the record as it is)."""
+    return {f.name: _plain_copy(getattr(record, f.name)) for f in fields(record)}
+
+
+def _plain_copy(value: Any) -> Any:
+    """A copy of JSON data; lists of scalars (per-sample results) are copied in one step."""
+    if isinstance(value, dict):
+        return {k: _plain_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        if any(isinstance(v, list | dict) for v in value):
+            return [_plain_copy(v) for v in value]
+        return list(value)
+    if isinstance(value, tuple):
+        return tuple(_plain_copy(v) for v in value)
+    return value
 
 
 def finite(value: Any) -> Any:

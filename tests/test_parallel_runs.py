@@ -124,6 +124,11 @@ def test_jobs_share_one_grid_between_this_process_and_its_helpers(tmp_path, refe
     records = lines(both)
     assert len(records) == total and len({r["key"] for r in records}) == total
     assert vectors(both) == vectors(single)
+    # a rerun finds everything recorded and starts no helper process
+    again = subprocess.run([*run_cmd(both)[:4], *grid, "--results", str(both), "--jobs", "2"],
+                           cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=600)
+    assert again.returncode == 0 and "0 cells run" in again.stdout
+    assert "helpers" not in again.stdout and len(lines(both)) == total
 
 
 def test_jobs_train_missing_models_first_in_the_first_process(tmp_path):
