@@ -1,7 +1,8 @@
 """Several local processes on one grid: ``python -m bench run --jobs N``.
 
-Small models use the threads of one process badly: an MLP step on a batch of 256 spends much
-of its time in OpenMP barriers, and combinatorial attacks (IPROP) run many tiny operations.
+Small models use the threads of one process badly: an MLP step on a batch of 256 gains little
+from a second thread, Foolbox's Brendel-Bethge solver runs on one core, and combinatorial
+attacks (IPROP) run many tiny operations.
 ``N`` processes with an equal share of the threads each (one each on a 2-core machine) finish
 a grid sooner. They share it through the records' claims (:class:`bench.runner.ClaimGate`):
 every (model, attack) unit is computed by exactly one of them, and a unit whose process dies
