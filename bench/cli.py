@@ -66,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deterministic", action="store_true", help=DETERMINISTIC_HELP)
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="local processes that share the grid, each with an equal share of the "
-                   "torch threads (default 1; 2 on a 2-core machine is about 1.5x faster on "
-                   "the MLPs). Models are trained first, in the first process")
+                   "torch threads (default 1; nox -s benchmark uses one per core, up to 4). "
+                   "Models are trained first, in the first process")
     p.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="local (default): every cell in this process; ray: one task per "
                    "(model, attack) on a Ray cluster, records written here")
