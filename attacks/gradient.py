@@ -291,4 +291,7 @@ class GradientAttack(Attack):
             with torch.no_grad():
                 logits = model(x_adv)
             _keep_new_successes(found, success, x_adv, logits, y)
-        return torch.where(success.view(-1, *[1] * (x.ndim - 1)), found, x_adv), success, state
+        if success.any():  # the kept candidates replace the last iterate (a buffer of ours)
+            idx = success.nonzero().squeeze(1)
+            x_adv.index_copy_(0, idx, found.index_select(0, idx))
+        return x_adv, success, state

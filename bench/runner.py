@@ -34,6 +34,7 @@ from results.store import CellLog, append_model, latest_models, latest_models_in
 from zoo import get_model, list_models, load_dataset, model_spec, tensor_sha256
 from zoo.data import Dataset, dataset_info
 from zoo.errors import BadEpsilonError, QBenchError, match_names
+from zoo.layers import frozen
 
 
 def resolve_device(device: str) -> str:
@@ -200,19 +201,6 @@ class RunSummary:
         return not self.errors and not self.failures
 
 
-@contextlib.contextmanager
-def frozen_parameters(model: nn.Module) -> Iterator[None]:
-    """No parameter gradients while attacking: attacks need input gradients only."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -285,7 +273,7 @@ def _attack_batches(
     """The batches of one attack cell: attack, verify, and fill ``robust``, ``out``, ``cost``."""
     counted = CountingModel(model).eval()
     with torch.random.fork_rng(devices=[torch.device(device)] if device != "cpu" else []), \
-            frozen_parameters(model):
+            frozen(model):
         torch.manual_seed(seed)
         gen = torch.Generator(device=device).manual_seed(seed)
         if len(idx) and hasattr(attack, "warm_up"):

@@ -1,8 +1,9 @@
 """Our attacks and their peers on one model and batch, as zero-argument callables to time.
 
 Shared by the pytest-benchmark checks (``nox -s perf``) and ``python -m benchmarks.ratios``.
-Every callable attacks the same frozen model (eval mode, ``requires_grad=False`` on every
-parameter, as the runner attacks) at the same batch, L∞ ε, 20 steps of ε/4 from a random start:
+Every callable attacks the same model in eval mode, inside ``zoo.layers.frozen`` (no parameter
+gradients, each binarized layer's weight signs computed once per call), exactly as the runner
+attacks a batch, at the same batch, L∞ ε, 20 steps of ε/4 from a random start:
 
 * ``pgd``, ``pgd-njs``, ``pgd-hns``: ours (``pgd-linf``, ``pgd-linf-njs``, ``pgd-linf-hns``; NJS
   β1 is calibrated once per model, outside the timing, as the runner does);
@@ -21,6 +22,7 @@ import statistics
 import time
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +42,16 @@ def frozen(model: nn.Module) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def _attacking(model: nn.Module, fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` run as the runner runs an attack on a batch: inside ``zoo.layers.frozen``."""
+    from zoo.layers import frozen as fixed
+
+    def call() -> Any:
+        with fixed(model):
+            return fn()
+    return call
 
 
 def load(arch: str, batch: int = BATCH) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -101,7 +113,7 @@ def runs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = EPS
             apgd = APGDAttack(model, norm="Linf", eps=eps, n_iter=STEPS, n_restarts=1,
                               loss="ce", seed=0, device=x.device)
             out[name] = partial(apgd.perturb, x, y)
-    return out
+    return {name: _attacking(model, fn) for name, fn in out.items()}
 
 
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 1

@@ -6,9 +6,16 @@
   style); the latent float weights only receive the straight-through gradient.
 * ``SignActivation`` is BinaryNet's activation: forward ``sign``, backward the gradient of
   hardtanh, ``1{|x| <= 1}`` (the straight-through estimator).
+* Inside :func:`frozen` (how the benchmark attacks a model) no parameter takes a gradient, and
+  each binarized layer computes the signs of its weights once instead of in every forward
+  pass: the same ±1 values, so the same logits bit for bit, at a fraction of the cost (for a
+  3×512 MLP the weight signs are about a third of a forward pass at batch 256).
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -16,8 +23,26 @@ from torch import nn
 
 
 def sign_pm1(x: torch.Tensor) -> torch.Tensor:
-    """Elementwise sign with values in {-1, +1} (``sign(0) = +1``)."""
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    """Elementwise sign with values in {-1, +1} (``sign(0) = sign(-0) = +1``), of the dtype of
+    ``x``.
+
+    Computed as ``sign(sign(x) + 0.5)``: three vectorized passes into one new tensor, with the
+    same values as ``where(x >= 0, 1, -1)`` for every number, ±0 and ±inf included (a NaN stays
+    NaN). The ``where`` form goes through a boolean mask and costs several times more on CPU.
+    """
+    return torch.sign(x).add_(0.5).sign_()
+
+
+def ste_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``grad · 1{|x| ≤ 1}``, hardtanh's gradient, in one fused pass.
+
+    ``hardtanh_backward`` zeroes the gradient where ``x ≤ lo`` or ``x ≥ hi``; with ``lo, hi``
+    the numbers of ``x``'s dtype just outside ±1 (``∓(1 + eps)``), that is exactly ``|x| > 1``,
+    so ±1 themselves keep their gradient. (Zeroed entries are +0 where ``grad · 0`` could give
+    -0; the two are equal.) Several times faster than multiplying by a boolean mask.
+    """
+    edge = 1.0 + torch.finfo(x.dtype).eps
+    return torch.ops.aten.hardtanh_backward(grad, x, -edge, edge)
 
 
 class _SignSTE(torch.autograd.Function):
@@ -29,7 +54,7 @@ class _SignSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        return grad * (x.abs() <= 1).to(grad.dtype)
+        return ste_grad(grad, x)
 
 
 def sign_ste(x: torch.Tensor) -> torch.Tensor:
@@ -44,7 +69,25 @@ class SignActivation(nn.Module):
         return sign_ste(x)
 
 
-class BinaryLinear(nn.Linear):
+class _Binarized:
+    """What binarized layers share: sign weights, a sign or float bias, and the signs held
+    fixed while :func:`frozen` is active."""
+
+    weight: nn.Parameter
+    bias: nn.Parameter
+    binarize_bias: bool
+    _fixed: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def binary_weight(self) -> torch.Tensor:
+        return self._fixed[0] if self._fixed is not None else sign_ste(self.weight)
+
+    def effective_bias(self) -> torch.Tensor:
+        if self._fixed is not None:
+            return self._fixed[1]
+        return sign_ste(self.bias) if self.binarize_bias else self.bias
+
+
+class BinaryLinear(_Binarized, nn.Linear):
     """A linear layer whose weights (and optionally bias) are replaced by their sign.
 
     No scaling factor is applied. ``binarize_bias=True`` is BNN-WQ (every weight and bias is a
@@ -55,17 +98,11 @@ class BinaryLinear(nn.Linear):
         super().__init__(in_features, out_features, bias=True)
         self.binarize_bias = binarize_bias
 
-    def binary_weight(self) -> torch.Tensor:
-        return sign_ste(self.weight)
-
-    def effective_bias(self) -> torch.Tensor:
-        return sign_ste(self.bias) if self.binarize_bias else self.bias
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.binary_weight(), self.effective_bias())
 
 
-class BinaryConv2d(nn.Conv2d):
+class BinaryConv2d(_Binarized, nn.Conv2d):
     """A 2-d convolution with sign weights (and optionally sign bias), no scaling."""
 
     def __init__(
@@ -76,8 +113,39 @@ class BinaryConv2d(nn.Conv2d):
         self.binarize_bias = binarize_bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = sign_ste(self.bias) if self.binarize_bias else self.bias
-        return self._conv_forward(x, sign_ste(self.weight), bias)
+        return self._conv_forward(x, self.binary_weight(), self.effective_bias())
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` fixed for attacking: inside the block no parameter requires a gradient (attacks
+    need input gradients only), and every binarized layer whose signs are not already fixed
+    computes them once, on entry, and reuses them in each forward pass.
+
+    The latent weights must not change inside the block: on exit, a parameter modified in
+    place raises ``RuntimeError`` (its layer would have computed with stale signs). Everything
+    is restored on exit; blocks nest.
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    fixed = [m for m in model.modules() if isinstance(m, _Binarized) and m._fixed is None]
+    versions = [(m.weight._version, m.bias._version) for m in fixed]
+    for m in fixed:
+        m._fixed = (m.binary_weight(), m.effective_bias())
+    try:
+        yield model
+    finally:
+        for m in fixed:
+            del m._fixed  # back to the class default: signs in every forward pass
+        for p, flag in flags:
+            p.requires_grad_(flag)
+    changed = [m for m, v in zip(fixed, versions, strict=True)
+               if (m.weight._version, m.bias._version) != v]
+    if changed:
+        raise RuntimeError(f"{len(changed)} binarized layer(s) had their weights modified in "
+                           "place inside zoo.layers.frozen; their outputs there used the "
+                           "signs of the weights on entry")
 
 
 def clip_latent_weights(model: nn.Module, bound: float = 1.0) -> None:

@@ -1,0 +1,93 @@
+"""``zoo.layers.frozen``: how the runner attacks a model (weight signs computed once per block).
+
+The promise is exactness: inside the block the model computes the same logits and the same
+input gradients bit for bit, and a latent weight changed inside the block is an error, never a
+silently stale model.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zoo.convnets import convnet
+from zoo.layers import BinaryLinear, frozen, sign_pm1, sign_ste
+from zoo.models import MLP
+
+ARCHS = {
+    "mlp-bnn-waq": lambda: MLP(784, [64, 32], 10, "bnn-waq"),
+    "mlp-bnn-wq": lambda: MLP(784, [64, 32], 10, "bnn-wq"),
+    "convnet-bnn-waq": lambda: convnet("bnn-waq"),
+    "convnet-bnn-wq": lambda: convnet("bnn-wq"),
+    "mlp-ref": lambda: MLP(784, [64], 10, "ref"),
+}
+
+
+def _logits_and_input_grad(model, x, y):
+    xg = x.clone().requires_grad_(True)
+    logits = model(xg)
+    (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), xg)
+    return logits.detach(), grad
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_frozen_model_computes_the_same_logits_and_gradients_bit_for_bit(arch):
+    torch.manual_seed(0)
+    model = ARCHS[arch]().eval()
+    with torch.no_grad():  # batch-norm statistics away from the defaults
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-2, 2)
+                m.running_var.uniform_(0.5, 3)
+    x, y = torch.rand(16, 1, 28, 28), torch.arange(16) % 10
+    before = _logits_and_input_grad(model, x, y)
+    with frozen(model):
+        assert not any(p.requires_grad for p in model.parameters())
+        inside = _logits_and_input_grad(model, x, y)
+    after = _logits_and_input_grad(model, x, y)
+    for a, b, c in zip(before, inside, after, strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    assert before[1].abs().sum() > 0  # the gradient is not trivially zero
+    assert all(p.requires_grad for p in model.parameters())  # restored
+
+
+def test_frozen_reuses_the_signs_and_refuses_weights_changed_inside():
+    torch.manual_seed(0)
+    model = MLP(784, [32], 10, "bnn-waq").eval()
+    first = next(m for m in model.modules() if isinstance(m, BinaryLinear))
+    x = torch.rand(4, 784)
+    with pytest.raises(RuntimeError, match="modified in place inside zoo.layers.frozen"), \
+            frozen(model):
+        out = model(x)
+        with torch.no_grad():
+            first.weight.neg_()  # every sign flips ...
+        assert torch.equal(model(x), out)  # ... but the block computes with its signs
+    assert not torch.equal(model(x), out)  # outside, the new weights count again
+    assert "_fixed" not in vars(first)
+
+
+def test_frozen_blocks_nest_and_training_outside_still_reaches_the_weights():
+    torch.manual_seed(0)
+    model = MLP(784, [32], 10, "bnn-wq").eval()
+    layers = [m for m in model.modules() if isinstance(m, BinaryLinear)]
+    with frozen(model):
+        fixed = [m._fixed for m in layers]
+        with frozen(model):
+            assert [m._fixed for m in layers] == fixed  # the outer block's signs, not new ones
+        assert [m._fixed for m in layers] == fixed  # the inner exit kept them
+    assert all(m._fixed is None for m in layers)
+    model.train()
+    F.cross_entropy(model(torch.rand(8, 784)), torch.arange(8)).backward()
+    assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in layers)
+
+
+def test_sign_keeps_dtype_and_its_gradient_is_hardtanhs():
+    x = torch.tensor([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0], dtype=torch.float64,
+                     requires_grad=True)
+    s = sign_ste(x)
+    assert s.dtype == torch.float64
+    assert s.tolist() == [-1, -1, -1, 1, 1, 1, 1]
+    assert sign_pm1(torch.zeros(2, dtype=torch.float16)).dtype == torch.float16
+    (g,) = torch.autograd.grad(s, x, torch.full_like(x, 3.0))
+    assert g.tolist() == [0, 3, 3, 3, 3, 3, 0]  # 1{|x| <= 1}: the ends of [-1, 1] included
