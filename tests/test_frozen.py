@@ -1,8 +1,9 @@
-"""``zoo.layers.frozen``: how the runner attacks a model (weight signs computed once per block).
+"""The zoo's fast paths: ``zoo.layers.frozen`` (how the runner attacks a model: weight signs
+computed once per block), the mask-free sign and straight-through gradient, and the
+channels-last max-pool of forward passes without autograd.
 
-The promise is exactness: inside the block the model computes the same logits and the same
-input gradients bit for bit, and a latent weight changed inside the block is an error, never a
-silently stale model.
+The promise is exactness: the same logits and the same input gradients bit for bit, and a latent
+weight changed inside a frozen block is an error, never a silently stale model.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.convnets import convnet
-from zoo.layers import BinaryLinear, frozen, sign_pm1, sign_ste
+from zoo.layers import BinaryLinear, ChannelsLastMaxPool2d, frozen, sign_pm1, sign_ste
 from zoo.models import MLP
 
 ARCHS = {
@@ -91,3 +92,17 @@ def test_sign_keeps_dtype_and_its_gradient_is_hardtanhs():
     assert sign_pm1(torch.zeros(2, dtype=torch.float16)).dtype == torch.float16
     (g,) = torch.autograd.grad(s, x, torch.full_like(x, 3.0))
     assert g.tolist() == [0, 3, 3, 3, 3, 3, 0]  # 1{|x| <= 1}: the ends of [-1, 1] included
+
+
+def test_channels_last_pool_has_the_plain_pools_values_and_gradients():
+    torch.manual_seed(0)
+    x = torch.randn(8, 16, 28, 28).round()  # integer values: many ties, as after sign layers
+    plain, fast = torch.nn.MaxPool2d(2), ChannelsLastMaxPool2d(2)
+    with torch.no_grad():
+        out = fast(x)
+    assert out.is_contiguous() and torch.equal(out, plain(x))
+    xg = x.clone().requires_grad_(True)
+    cot = torch.randn(8, 16, 14, 14)
+    (g_fast,) = torch.autograd.grad(fast(xg), xg, cot)
+    (g_plain,) = torch.autograd.grad(plain(xg), xg, cot)
+    assert torch.equal(g_fast, g_plain)  # ties go to the same input

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from zoo.layers import ChannelsLastMaxPool2d
 from zoo.models import activation, check_quant, conv3x3, dense_stack, norm_2d
 
 #: The MNIST-family convnet: two blocks of two 3×3 convolutions, then one hidden dense layer.
@@ -52,13 +53,13 @@ class VGGNet(nn.Module):
         for i, item in enumerate(items):
             if item == "M":
                 if quant != "bnn-waq":  # bnn-waq pools inside the conv block, before BN
-                    layers.append(nn.MaxPool2d(2))
+                    layers.append(ChannelsLastMaxPool2d(2))
                 size //= 2
                 continue
             width = int(item)
             layers.append(conv3x3(channels, width, quant, bias=conv_bias))
             if quant == "bnn-waq" and i + 1 < len(items) and items[i + 1] == "M":
-                layers.append(nn.MaxPool2d(2))
+                layers.append(ChannelsLastMaxPool2d(2))
             layers.append(norm_2d(width, quant))
             layers.append(activation(quant))
             channels = width

@@ -116,6 +116,26 @@ class BinaryConv2d(_Binarized, nn.Conv2d):
         return self._conv_forward(x, self.binary_weight(), self.effective_bias())
 
 
+class ChannelsLastMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` that, when no gradient is recorded on a CPU, pools a channels-last copy
+    of its input and returns a contiguous result.
+
+    The maxima are the same numbers either way; PyTorch's CPU kernel for the channels-last
+    layout is vectorized over channels, the one for contiguous NCHW inputs is not. With the
+    two copies, a forward pass without autograd (Square's queries, Brendel-Bethge's searches,
+    verification) pools 2-6 times faster on the zoo's convnet shapes (batch 50 and 256, one
+    thread).
+    With autograd the copies and their backward cost about what they save: the plain kernel
+    runs, and gradient attacks see exactly ``nn.MaxPool2d``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type != "cpu" or x.ndim != 4 or self.return_indices
+                or (torch.is_grad_enabled() and x.requires_grad)):
+            return super().forward(x)
+        return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
+
+
 @contextlib.contextmanager
 def frozen(model: nn.Module) -> Iterator[nn.Module]:
     """``model`` fixed for attacking: inside the block no parameter requires a gradient (attacks
