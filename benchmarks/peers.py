@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.layers import frozen
+
 ARCHS = ("mnist5k-mlp5x100-bnn-waq", "mnist5k-mlp3x512-bnn-waq", "mnist5k-convnet-bnn-waq")
 BATCH = 256
 EPS = 0.1
@@ -36,20 +38,11 @@ OURS = ("pgd", "pgd-njs", "pgd-hns")
 PEERS = ("torchattacks", "foolbox", "apgd-ce")
 
 
-def frozen(model: nn.Module) -> nn.Module:
-    """The model in eval mode with every parameter's ``requires_grad`` off (in place)."""
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
 def _attacking(model: nn.Module, fn: Callable[[], Any]) -> Callable[[], Any]:
     """``fn`` run as the runner runs an attack on a batch: inside ``zoo.layers.frozen``."""
-    from zoo.layers import frozen as fixed
 
     def call() -> Any:
-        with fixed(model):
+        with frozen(model):
             return fn()
     return call
 
@@ -60,7 +53,7 @@ def load(arch: str, batch: int = BATCH) -> tuple[nn.Module, torch.Tensor, torch.
 
     model, _ = zoo.get_model(arch, progress=False)
     x, y = zoo.load_dataset(zoo.model_spec(arch).dataset).test_subset(batch)
-    return frozen(model), x, y
+    return model.eval(), x, y
 
 
 def floor(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = STEPS) -> None:
