@@ -52,8 +52,19 @@ class LogitScaler:
         the start, such as HNS, has made one). The base class makes none."""
         return self.prepare(model, x, y), None
 
+    def factor(self, logits: torch.Tensor, y: torch.Tensor, state: Any
+               ) -> torch.Tensor | float | None:
+        """This step's temperature β, shaped to multiply ``logits`` (a float, or a tensor such
+        as ``(B, 1)``); None for β = 1. ``logits`` carry no gradient: β is not differentiated.
+        Called once per step (a scaler may record it in ``state``)."""
+        return None
+
     def scale(self, logits: torch.Tensor, y: torch.Tensor, state: Any) -> torch.Tensor:
-        return logits
+        """The logits the loss sees, ``logits · β`` (:meth:`factor`), differentiable in
+        ``logits``. Scalers define :meth:`factor`; overriding this instead is allowed (the
+        attack then back-propagates through it)."""
+        beta = self.factor(logits.detach(), y, state)
+        return logits if beta is None else logits * beta
 
     def stats(self, states: list[Any]) -> dict[str, float]:
         """Summary of the temperatures used (recorded with the benchmark cell)."""
@@ -70,8 +81,8 @@ class FixedTemperature(LogitScaler):
         self.beta = float(beta)
         self.name = f"beta{beta:g}"
 
-    def scale(self, logits: torch.Tensor, y: torch.Tensor, state: Any) -> torch.Tensor:
-        return logits * self.beta
+    def factor(self, logits: torch.Tensor, y: torch.Tensor, state: Any) -> float:
+        return self.beta
 
     def stats(self, states: list[Any]) -> dict[str, float]:
         return {"beta_mean": self.beta, "beta_min": self.beta, "beta_max": self.beta}
@@ -196,6 +207,23 @@ def ce_sum(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(z, y, reduction="sum")
 
 
+def ce_sum_grad(z: torch.Tensor, y: torch.Tensor,
+                beta: torch.Tensor | float | None = None) -> torch.Tensor:
+    """``∂/∂z ce_sum(z · β, y)`` (β = 1 when None), without an autograd graph.
+
+    The kernels and operands are the ones autograd runs for that expression, so the bits are
+    the same (``tests/test_attack_loop.py`` checks): the sum's cross-entropy sends −1 into each
+    label's log-probability, ``log_softmax``'s backward kernel turns that into
+    ``softmax(z·β) − onehot(y)``, and the product's backward multiplies by β. The attack loop
+    then makes one backward pass from the logits, with none of the loss's graph nodes, which
+    on a small network is a visible share of a step.
+    """
+    zs = z if beta is None else z * beta
+    seed = torch.zeros_like(zs).scatter_(1, y[:, None], -1.0)
+    grad = torch._log_softmax_backward_data(seed, torch.log_softmax(zs, 1), 1, zs.dtype)
+    return grad if beta is None else grad * beta
+
+
 def dlr_sum(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The batch's summed DLR loss."""
     return dlr_loss(z, y).sum()
@@ -268,6 +296,9 @@ class GradientAttack(Attack):
         """One restart: the candidates, which of them the attack saw misclassified (the last
         iterate only with ``check_last``: one more forward pass) and the scaler's state."""
         loss_fn = ce_sum if self.loss == "ce" else dlr_sum
+        # CE through a scaler that only defines its temperature: the loss's gradient in closed
+        # form (ce_sum_grad, the same bits), then one backward pass from the logits
+        closed_form = self.loss == "ce" and type(self.scaler).scale is LogitScaler.scale
         step = self.rel_step * eps
         box = linf_box(x, eps) if self.norm == "linf" else None
         x_adv = random_start(x, eps, self.norm, gen) if self.random_start else x.clone()
@@ -283,9 +314,14 @@ class GradientAttack(Attack):
                 leaf = x_adv.requires_grad_(True)
                 logits = model(leaf)
             x_adv = leaf.detach()
-            _keep_new_successes(found, success, x_adv, logits.detach(), y)
-            loss = loss_fn(self.scaler.scale(logits, y, state), y)
-            (grad,) = torch.autograd.grad(loss, leaf)
+            z = logits.detach()
+            _keep_new_successes(found, success, x_adv, z, y)
+            if closed_form:
+                beta = self.scaler.factor(z, y, state)
+                (grad,) = torch.autograd.grad(logits, leaf, ce_sum_grad(z, y, beta))
+            else:
+                loss = loss_fn(self.scaler.scale(logits, y, state), y)
+                (grad,) = torch.autograd.grad(loss, leaf)
             x_adv, spare = self.step_into(spare, x_adv, grad, x, step, eps, box), x_adv
         if check_last:
             with torch.no_grad():

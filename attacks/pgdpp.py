@@ -203,10 +203,11 @@ class NJSScaler(LogitScaler):
         beta1 = self.beta1 if self.beta1 is not None else njs_beta1(model, x, n_ref=self.n_ref)
         return {"beta1": beta1, "betas": []}
 
-    def scale(self, logits: torch.Tensor, y: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
+    def factor(self, logits: torch.Tensor, y: torch.Tensor, state: dict[str, Any]
+               ) -> torch.Tensor:
         beta = njs_beta(logits, y, state["beta1"], self.rho)
         state["betas"].append(beta)
-        return logits * beta[:, None]
+        return beta[:, None]
 
     def stats(self, states: list[dict[str, Any]]) -> dict[str, float]:
         betas = [b for s in states for b in s["betas"]]
@@ -316,8 +317,9 @@ class HNSScaler(LogitScaler):
         beta, fell_back, forward = hns_beta_at(model, x, y, grid_size=self.grid_size)
         return {"beta": beta, "fell_back": fell_back}, forward
 
-    def scale(self, logits: torch.Tensor, y: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
-        return logits * state["beta"][:, None]
+    def factor(self, logits: torch.Tensor, y: torch.Tensor, state: dict[str, Any]
+               ) -> torch.Tensor:
+        return state["beta"][:, None]
 
     def stats(self, states: list[dict[str, Any]]) -> dict[str, float]:
         if not states:

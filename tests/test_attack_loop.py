@@ -19,6 +19,8 @@ from attacks.gradient import (
     GradientAttack,
     ascent_direction,
     ce_loss,
+    ce_sum,
+    ce_sum_grad,
     dlr_loss,
     project,
     random_start,
@@ -95,7 +97,7 @@ def _textbook(attack: GradientAttack, model: torch.nn.Module, x: torch.Tensor, y
 @pytest.mark.parametrize("name,eps", [
     ("fgsm", 0.1), ("pgd-linf", 0.1), ("pgd-l2", 0.5), ("pgd-linf-dlr", 0.1),
     ("pgd-linf-njs", 0.1), ("pgd-linf-hns", 0.1), ("pgd-l2-hns", 0.5), ("fgsm-hns", 0.2),
-    ("pgd-linf-r5", 0.05),
+    ("pgd-linf-r5", 0.05), ("pgd-linf-beta0.1", 0.1),
 ])
 def test_attack_loop_is_the_textbook_loop_bit_for_bit(name, eps):
     model, _ = zoo.get_model("digits-mlp5x100-bnn-waq", progress=False)
@@ -108,6 +110,18 @@ def test_attack_loop_is_the_textbook_loop_bit_for_bit(name, eps):
     assert torch.equal(result.x_adv, expected)
     assert result.info == info
     assert 0 < info["claimed_success"] < len(x)  # a test that can tell success bookkeeping apart
+
+
+@pytest.mark.parametrize("beta", [None, 0.1, "per-sample"])
+def test_closed_form_ce_gradient_is_autograds_bit_for_bit(beta):
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(64, 10, generator=gen) * torch.logspace(-3, 3, 64)[:, None]  # saturated too
+    y = torch.randint(0, 10, (64,), generator=gen)
+    if beta == "per-sample":
+        beta = torch.rand(64, 1, generator=gen) * 5
+    zg = z.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(ce_sum(zg if beta is None else zg * beta, y), zg)
+    assert torch.equal(ce_sum_grad(z, y, beta), expected)
 
 
 def _small_models() -> list[torch.nn.Module]:
