@@ -124,9 +124,8 @@ class ChannelsLastMaxPool2d(nn.MaxPool2d):
     layout is vectorized over channels, the one for contiguous NCHW inputs is not. With the
     two copies, a forward pass without autograd (Square's queries, Brendel-Bethge's searches,
     verification) pools 2-6 times faster on the zoo's convnet shapes (batch 50 and 256, one
-    thread).
-    With autograd the copies and their backward cost about what they save: the plain kernel
-    runs, and gradient attacks see exactly ``nn.MaxPool2d``.
+    thread). With autograd the copies and their backward cost about what they save: the plain
+    kernel runs, and gradient attacks see exactly ``nn.MaxPool2d``.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,9 +141,9 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
     need input gradients only), and every binarized layer whose signs are not already fixed
     computes them once, on entry, and reuses them in each forward pass.
 
-    The latent weights must not change inside the block: on exit, a parameter modified in
-    place raises ``RuntimeError`` (its layer would have computed with stale signs). Everything
-    is restored on exit; blocks nest.
+    The latent weights must not change inside the block: on exit, a binarized layer's weight or
+    bias modified in place raises ``RuntimeError`` (the layer computed with the signs of
+    entry). Everything is restored on exit; blocks nest.
     """
     flags = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in flags:
