@@ -1,6 +1,6 @@
 """The zoo's fast paths: ``zoo.layers.frozen`` (how the runner attacks a model: weight signs
 computed once per block), the mask-free sign and straight-through gradient, and the
-channels-last max-pool of forward passes without autograd.
+channels-last max-pool (with and without autograd).
 
 The promise is exactness: the same logits and the same input gradients bit for bit, and a latent
 weight changed inside a frozen block is an error, never a silently stale model.
@@ -106,3 +106,35 @@ def test_channels_last_pool_has_the_plain_pools_values_and_gradients():
     (g_fast,) = torch.autograd.grad(fast(xg), xg, cot)
     (g_plain,) = torch.autograd.grad(plain(xg), xg, cot)
     assert torch.equal(g_fast, g_plain)  # ties go to the same input
+
+
+@pytest.mark.parametrize(("shape", "kwargs"), [
+    ((4, 16, 28, 28), {}),
+    ((3, 5, 7, 9), {}),  # odd sizes: the last row and column are dropped
+    ((3, 5, 7, 9), {"ceil_mode": True}),
+    ((2, 4, 10, 10), {"stride": 1}),  # overlapping windows: gradients accumulate
+    ((2, 4, 10, 10), {"padding": 1}),
+])
+def test_channels_last_pool_with_autograd_is_the_plain_pool_bit_for_bit(shape, kwargs):
+    """With autograd the pool runs on a channels-last copy (its kernel is vectorized) and its
+    backward is the plain kernel with the same indices: outputs and input gradients are the
+    plain pool's, ties, NaN, ±0 and infinities included."""
+    torch.manual_seed(1)
+    x = torch.randn(shape).round()
+    flat = x.view(-1)
+    flat[::97] = float("nan")
+    flat[5::89] = -0.0
+    flat[7::101] = float("inf")
+    flat[9::103] = -float("inf")
+    plain, fast = torch.nn.MaxPool2d(2, **kwargs), ChannelsLastMaxPool2d(2, **kwargs)
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out_plain, out_fast = plain(xa), fast(xb)
+    assert out_fast.grad_fn is not None and "ChannelsLast" in type(out_fast.grad_fn).__name__
+    assert out_fast.is_contiguous() and out_fast.shape == out_plain.shape
+    assert torch.equal(out_fast.view(-1).view(torch.int32), out_plain.view(-1).view(torch.int32))
+    cot = torch.randn(out_plain.shape)
+    cot.view(-1)[::3] = -0.0
+    (g_plain,) = torch.autograd.grad(out_plain, xa, cot)
+    (g_fast,) = torch.autograd.grad(out_fast, xb, cot)
+    assert g_fast.is_contiguous()
+    assert torch.equal(g_fast.view(-1).view(torch.int32), g_plain.view(-1).view(torch.int32))
