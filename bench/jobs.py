@@ -17,7 +17,9 @@ merges their summaries into its own.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
+import threading
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -77,10 +79,34 @@ def pending(grid: Grid, shas: dict[str, str], *, results_root: Path | None,
     return todo
 
 
+#: exit status of a helper that stopped because the process that started it died
+ORPHANED_EXIT = 3
+
+
+def exit_with_parent() -> None:
+    """Stop this process as soon as the process that started it is gone, killed or not.
+
+    A helper outlives a first process killed by a signal (even SIGKILL: no ``finally`` runs),
+    and would go on computing and recording cells nobody waits for. A daemon thread waits on
+    the parent's sentinel and ends the helper; what it was computing is left as after any kill
+    (its claim lapses, a later run computes the cell). No-op in a process without a parent.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()
+        os._exit(ORPHANED_EXIT)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _helper(conn: Connection, grid: Grid, threads: int, deterministic: bool,
             kwargs: dict) -> None:
     """One helper process: the grid at ``threads`` threads, no progress bar; its summary (or
-    its failure) goes back through ``conn``."""
+    its failure) goes back through ``conn``. It stops when the first process dies."""
+    exit_with_parent()
     try:
         prepare_worker(threads, deterministic)
         summary = run_grid(grid, progress=False, **kwargs)

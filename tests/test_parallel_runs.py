@@ -145,3 +145,60 @@ def test_jobs_train_missing_models_first_in_the_first_process(tmp_path):
     (card_file,) = (tmp_path / "cache").rglob("digits-mlp5x100-ref*.json")
     card = json.loads(card_file.read_text())
     assert card["train_threads"] == 2 and card["trained_on"] == "cpu"
+
+
+def _helpers_of(pid: int) -> list[int]:
+    """The ``--jobs`` helper processes (multiprocessing spawn children) of process ``pid``."""
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        kids += [int(k) for k in task.read_text().split()]
+    return [k for k in kids if b"spawn_main" in _cmdline(k)]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie that nobody reaped does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_helpers_stop_when_the_first_process_is_killed(tmp_path, reference):
+    """SIGKILL the first process of a ``--jobs 2`` run while its helper computes cells: the
+    helper stops within 2 s instead of computing on for nobody, and a rerun finishes the grid
+    with every cell once and the results of an uninterrupted run."""
+    grid = [*GRID, "--attacks", "square,fgsm,pgd-linf,pgd-linf-njs,pgd-l2"]
+    cmd = [*run_cmd(tmp_path)[:4], *grid, "--results", str(tmp_path)]
+    proc = subprocess.Popen([*cmd, "--jobs", "2"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=ENV)
+    deadline = time.monotonic() + 300
+    helpers: list[int] = []
+    while proc.poll() is None and time.monotonic() < deadline:
+        helpers = helpers or _helpers_of(proc.pid)
+        if helpers and lines(tmp_path):  # the helper is up and the grid under way
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None and helpers, "the run ended before its helper got to work"
+    assert len(lines(tmp_path)) < CELLS + 4
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = time.monotonic()
+    while any(map(_running, helpers)) and time.monotonic() < killed + 2:
+        time.sleep(0.02)
+    # it stops in about 50 ms; left alone, it computed the rest of the grid (10 s here)
+    assert not any(map(_running, helpers)), "a helper kept running after its first process died"
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=600)
+    assert done.returncode == 0, done.stderr[-500:]
+    records = lines(tmp_path)
+    assert len(records) == CELLS + 4 and len({r["key"] for r in records}) == CELLS + 4
+    ref = vectors(reference[0])
+    assert {k: v for k, v in vectors(tmp_path).items() if k in ref} == ref
