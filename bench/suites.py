@@ -8,7 +8,7 @@ CIFAR-10 uses the paper's Table 6 (L∞ 8/255, L2 120/255).
 Costly attacks and models. A suite may run an attack at a subset of its ε values or on the
 first n test points only, optionally for some models only (:class:`Limit`), so that
 ``nox -s benchmark`` (train the zoo, run the default suite, render the site) stays affordable
-on a 2-core CPU: 31 minutes from a fresh clone in two single-thread processes (``--jobs 2``),
+on a 2-core CPU: 31-32 minutes from a fresh clone in two single-thread processes (``--jobs 2``),
 since Brendel-Bethge starts from its own initialisation and IPROP runs on the BNN-WAQ MLPs (it
 was 20 minutes before both, in one process). Measured earlier on an otherwise idle 2-core
 machine, one process with two torch threads, seconds of attack time per cell:
