@@ -130,10 +130,14 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str,
 
 
 def random_start(x: torch.Tensor, eps: float, norm: str, gen: torch.Generator) -> torch.Tensor:
-    """A uniform point of the ε-ball around ``x``, clamped to [0, 1]."""
+    """A uniform point of the ε-ball around ``x``, clamped to [0, 1].
+
+    L∞: ``clamp(x + ε·(2u − 1), 0, 1)`` with u uniform in [0, 1), computed in place in the
+    noise's buffer (the same operations, so the same bits, without four more input-sized
+    tensors)."""
     if norm == "linf":
-        noise = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1
-        return (x + eps * noise).clamp(0, 1)
+        noise = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        return noise.mul_(2).sub_(1).mul_(eps).add_(x).clamp_(0, 1)
     direction = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
     direction = direction / _flat_norm(direction).clamp_min(1e-12)
     dim = x[0].numel()

@@ -41,6 +41,20 @@ def _grads(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return g
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("eps", [0.05, 0.1, 8 / 255, 0.3])
+def test_linf_random_start_is_the_plain_expression_bit_for_bit(eps, dtype):
+    """The in-place random start is ``clamp(x + ε·(2u − 1), 0, 1)`` with the same draws."""
+    x = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    x[:, :, :3] = 0.0  # on the faces of [0, 1]: the clamp acts
+    x[:, :, -3:] = 1.0
+    u = torch.rand(x.shape, generator=torch.Generator().manual_seed(9), dtype=dtype)
+    expected = (x + eps * (u * 2 - 1)).clamp(0, 1)
+    out = random_start(x, eps, "linf", torch.Generator().manual_seed(9))
+    bits = torch.int32 if dtype == torch.float32 else torch.int64
+    assert torch.equal(out.view(-1).view(bits), expected.view(-1).view(bits))
+
+
 @pytest.mark.parametrize("norm,eps,rel_step", [("linf", 0.1, 0.25), ("linf", 0.3, 1.0),
                                                ("l2", 1.5, 0.125), ("l2", 0.5, 1.0)])
 def test_step_into_is_the_plain_expression_bit_for_bit(norm, eps, rel_step):
