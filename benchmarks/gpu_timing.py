@@ -33,13 +33,13 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attacks import create_attack  # noqa: E402
 from attacks.pgdpp import njs_beta1  # noqa: E402
+from benchmarks.peers import floor  # noqa: E402
 from zoo.cifar import resnet18  # noqa: E402
 
 EPS = 8 / 255
@@ -70,12 +70,6 @@ def prepared(quant: str, variant: str, device: str) -> nn.Module:
     elif variant == "compile":
         model = torch.compile(model)
     return model
-
-
-def floor(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> None:
-    for _ in range(steps):
-        xg = x.detach().requires_grad_(True)
-        torch.autograd.grad(F.cross_entropy(model(xg), y, reduction="sum"), xg)
 
 
 def attacks_for(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
