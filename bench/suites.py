@@ -10,19 +10,20 @@ first n test points only, optionally for some models only (:class:`Limit`), so t
 ``nox -s benchmark`` (train the zoo, run the default suite, render the site) stays affordable
 on a 2-core CPU: 31-32 minutes from a fresh clone in two single-thread processes (``--jobs 2``),
 since Brendel-Bethge starts from its own initialisation and IPROP runs on the BNN-WAQ MLPs (it
-was 20 minutes before both, in one process). Measured earlier on an otherwise idle 2-core
-machine, one process with two torch threads, seconds of attack time per cell:
+was 20 minutes before both, in one process). Seconds of attack time per cell in such a run
+(``nox -s benchmark`` from a fresh clone, 31 min 15 s, 2 shared cores, December 2026):
 
-* mnist5k-mlp3x512-bnn-waq, n = 1,000 (the costliest MLP; 278 s for its 85 cells, 330 s of
-  wall time with training, calibration, diagnostics and numba compilation):
-  FGSM/PGD/PGD++ and their variants 0.1-3 (64 cells, 45 s); DeepFool 7-17 per ε before it
-  searched once per norm (99 s for 8 cells; it now costs one search per norm, about 25 s);
-  APGD-CE/DLR 3.6 (29 s for 8 cells); Square at L∞ 0.1 and 0.3: 62 s; AutoAttack at L∞ 0.1
-  on 200 points: 30 s; Brendel-Bethge at L∞ 0.1 / L2 1.5 on 100 points: 6 s each.
-* mnist5k convnets, n = 100 (a PGD step costs them about 20× an MLP's): FGSM 0.03-0.25,
-  PGD-20 0.4-0.8, DeepFool L2 2.4-7.2, APGD 1.8-2.7. On the adversarially trained convnets
-  most points survive, so the budgets are spent in full: on 100 points Square (5,000 queries)
-  took 44-50 s, AutoAttack 100-105 s, Brendel-Bethge 55 s (L∞) and 20 s (L2).
+* mnist5k-mlp3x512-bnn-waq, n = 1,000 (the costliest MLP: 690 s for its 93 cells):
+  FGSM/PGD/PGD++ and their variants 0.05-4.1 (68 cells, 62 s); DeepFool one search per norm
+  for all its ε, 13 s (L∞) and 28 s (L2); APGD-CE/DLR 5.3-7.1 (49 s for 8 cells); Square at
+  L∞ 0.1 and 0.3 on 500 points: 27 s and 0.5 s; AutoAttack at L∞ 0.1 on 200 points: 11 s;
+  Brendel-Bethge at L∞ 0.1 / L2 1.5 on 100 points: 27 s / 20 s; IPROP 8 s at L∞ 0.2 and 0.3,
+  61 s at 0.1 and 253 s at 0.05, where it spends its whole budget on every robust point.
+* mnist5k convnets, n = 200 (a gradient step at batch 256 costs them 11× a 3×512 MLP's): FGSM
+  0.07-0.7, PGD family 1.5-8.1, APGD 8.5-11, DeepFool one search per norm 7.5-21. On the
+  adversarially trained convnets most points survive, so the budgets are spent in full: on
+  50 points Square (5,000 queries) took up to 50 s, AutoAttack up to 117 s, Brendel-Bethge
+  43-75 s (L∞) and 34-46 s (L2).
 
 A first from-scratch run with Square on all 1,000 MLP points and the convnets' Square,
 AutoAttack and Brendel-Bethge on 100 points was heading for 35 minutes (the convnets alone took
