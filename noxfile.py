@@ -2,7 +2,8 @@
 ``fliprate``, ``site``, ``perf``, ``lint``.
 
 Every session installs the project (and everything it needs) into its own virtualenv;
-virtualenvs are reused between runs (pass ``--reuse-venv=no`` for a fresh one).
+virtualenvs are reused between runs (pass ``--reuse-venv=no`` for a fresh one), and the
+project is installed again only when pyproject.toml changes (see :func:`install`).
 """
 
 from __future__ import annotations
