@@ -9,6 +9,8 @@ prints per model: wall time (from the previous model record to this one), traini
 time, and the rest (calibration, clean pass, verification, starting points, diagnostics,
 record keeping); and per attack family the attack time. A minimum-norm search shared across ε
 (``info.search_shared_across_eps``) is reported in each of its cells: it is counted once here.
+Last, the attack time spent in the libraries' attacks (Foolbox's, AutoAttack's: see
+:func:`wraps_a_library`) and the least wall time that alone takes on the run's cores.
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ import argparse
 import collections
 import datetime as dt
 import json
+import re
 from pathlib import Path
+
+from attacks.registry import attack_spec
+from zoo.errors import UnknownNameError
 
 RECORDS = Path(__file__).resolve().parents[1] / "results" / "records"
 
@@ -29,6 +35,17 @@ FAMILIES = (("fgsm", "FGSM family (ours)"), ("pgd-", "PGD family (ours)"),
 
 def family(attack: str) -> str:
     return next((label for prefix, label in FAMILIES if attack.startswith(prefix)), attack)
+
+
+def wraps_a_library(cell: dict) -> bool:
+    """Whether a cell's attack is an adapter of a library's attack: its recorded configuration
+    names library versions, or (records older than that field) the registry says so."""
+    if cell["attack_config"].get("library_versions"):
+        return True
+    try:
+        return bool(getattr(attack_spec(cell["attack"]).factory, "libraries", ()))
+    except UnknownNameError:  # an attack no longer registered, recorded without the field
+        return False
 
 
 def _time(stamp: str) -> dt.datetime:
@@ -55,6 +72,7 @@ def breakdown(suite: str, commit: str | None = None, records: Path = RECORDS) ->
                     key=lambda m: m["created"])
     attack_s: dict[str, float] = collections.defaultdict(float)
     family_s: dict[str, float] = collections.defaultdict(float)
+    library_s = 0.0
     shared_seen = set()
     for c in cells:
         s = c["seconds"]
@@ -65,6 +83,8 @@ def breakdown(suite: str, commit: str | None = None, records: Path = RECORDS) ->
             shared_seen.add(key)
         attack_s[c["model"]] += s
         family_s[family(c["attack"])] += s
+        if wraps_a_library(c):
+            library_s += s
     rows = []
     first_cell = min((_time(c["created"]) for c in cells), default=None)
     prev = None
@@ -80,7 +100,9 @@ def breakdown(suite: str, commit: str | None = None, records: Path = RECORDS) ->
                      "attacks": attack_s[m["model"]],
                      "rest": wall - train - attack_s[m["model"]]})
         prev = end
-    return {"commit": commit, "models": rows, "families": dict(family_s)}
+    cores = re.search(r"(\d+) cores", cells[0]["hardware"]) if cells else None
+    return {"commit": commit, "models": rows, "families": dict(family_s),
+            "library_seconds": library_s, "cores": int(cores.group(1)) if cores else None}
 
 
 def main() -> None:
@@ -105,6 +127,13 @@ def main() -> None:
     total = sum(b["families"].values())
     for fam, s in sorted(b["families"].items(), key=lambda kv: -kv[1]):
         print(f"| {fam} | {s:.1f} | {s / total:.0%} |")
+    lib = b["library_seconds"]
+    print(f"\nlibraries' attacks (Foolbox, AutoAttack): {lib:.0f} s of {total:.0f} s "
+          f"({lib / total:.0%})", end="")
+    if b["cores"]:
+        print(f"; alone they keep the run's {b['cores']} cores busy for at least "
+              f"{lib / b['cores'] / 60:.1f} minutes", end="")
+    print()
 
 
 if __name__ == "__main__":

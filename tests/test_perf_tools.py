@@ -59,3 +59,15 @@ def test_suite_time_counts_a_shared_search_once():
     assert sum(r["wall"] for r in rows) == pytest.approx(
         sum(r["train"] + r["attacks"] + r["rest"] for r in rows))
 
+
+
+def test_suite_time_splits_off_the_libraries_attacks():
+    st = _module("suite_time")
+    b = st.breakdown("mnist5k")
+    fams = b["families"]
+    libs = [f for f in fams if "Foolbox" in f or "AutoAttack" in f]
+    assert {"DeepFool (Foolbox)", "Brendel-Bethge (Foolbox)", "APGD (AutoAttack)"} <= set(libs)
+    # every library family's seconds, and none of ours, are the libraries' share
+    assert b["library_seconds"] == pytest.approx(sum(fams[f] for f in libs))
+    assert 0 < b["library_seconds"] < sum(fams.values())
+    assert b["cores"] is not None and b["cores"] >= 1
