@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from procfs import cmdline
 
 import bench
 import results
@@ -71,11 +72,7 @@ def _kill_first_task_worker(stop: threading.Event, killed: list[int]) -> None:
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
                 continue
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if cmd.startswith(b"ray::execute_unit"):
+            if cmdline(pid).startswith(b"ray::execute_unit"):
                 os.kill(int(pid), signal.SIGKILL)
                 killed.append(int(pid))
                 return

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from procfs import cmdline
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ["--models", "digits-mlp5x100-ref,digits-mlp5x100-bnn-waq",
@@ -152,14 +153,7 @@ def _helpers_of(pid: int) -> list[int]:
     kids = []
     for task in Path(f"/proc/{pid}/task").glob("*/children"):
         kids += [int(k) for k in task.read_text().split()]
-    return [k for k in kids if b"spawn_main" in _cmdline(k)]
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
+    return [k for k in kids if b"spawn_main" in cmdline(k)]
 
 
 def _running(pid: int) -> bool:
