@@ -57,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda")
     p.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
     p.add_argument("--force", action="store_true", help="recompute cells already recorded")
-    p.add_argument("--retrain", action="store_true", help="retrain models even if cached")
+    p.add_argument("--retrain", action="store_true",
+                   help="train the models here and attack those weights instead of the shipped "
+                   "ones (other weights, other cells; needs --results, so that they stay out "
+                   "of the project's records)")
     p.add_argument("--results", type=Path, default=None,
                    help="records folder (default: results/records of the project)")
     p.add_argument("--data-root", default=None,
@@ -104,13 +107,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="print a model's card (JSON; never trains)")
     p.add_argument("model")
 
-    p = sub.add_parser("train", help="train (or verify the cache of) models")
+    p = sub.add_parser(
+        "train", help="load (verifying sha256) or train models; --check retrains and compares",
+        description="Without options: load each model's shipped weights (verified by sha256) "
+        "or, for a model without shipped weights, train it here (seeded) and cache it. "
+        "The same recipe gives other weights on another CPU type or thread count, so the "
+        "published records are about the shipped weights.")
     p.add_argument("models", nargs="?", default=None,
                    help="model names or wildcards, comma-separated (default: the models of "
                    "--suite)")
     p.add_argument("--suite", default=None, help="train the models of this suite")
     p.add_argument("--device", default="auto")
-    p.add_argument("--retrain", action="store_true", help="retrain even if cached")
+    p.add_argument("--retrain", action="store_true",
+                   help="train again here, into the cache (a new weights version with its own "
+                   "sha256; the shipped weights are not touched)")
+    p.add_argument("--check", action="store_true",
+                   help="retrain each model into a scratch folder and report how far it is "
+                   "from the shipped weights (sha256, clean accuracy); exit 1 when the clean "
+                   "accuracy moves by more than the spread other CPUs give")
+    p.add_argument("--ship", action="store_true",
+                   help="maintainers: copy the weights trained here into zoo/weights (then "
+                   "recompute the models' records)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--deterministic", action="store_true", help=DETERMINISTIC_HELP)
     return parser
@@ -152,6 +169,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.max_train_steps is not None and args.results is None:
         raise QBenchError("--max-train-steps trains smoke models: give --results DIR so that "
                           "their cells stay out of the project's records")
+    if args.retrain and args.results is None:
+        raise QBenchError("--retrain attacks weights trained here, not the shipped weights the "
+                          "project's records describe: give --results DIR for their cells")
     if args.max_train_steps is not None and args.max_train_steps < 1:
         raise QBenchError(f"--max-train-steps must be a positive step count, got "
                           f"{args.max_train_steps}")
@@ -177,6 +197,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         enable_deterministic()
     summary = run_grid(grid, device=args.device, results_root=args.results, force=args.force,
                        retrain=args.retrain, progress=not args.no_progress,
+                       weights="trained" if args.retrain else "shipped",
                        data_root=args.data_root, max_train_steps=args.max_train_steps,
                        executor=args.executor, ray_address=args.ray_address,
                        gpus_per_task=args.gpus_per_task, threads_per_task=args.threads_per_task,
@@ -262,17 +283,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     from bench.suites import get_suite
     from zoo import get_model, list_models
     from zoo.errors import QBenchError, match_names
+    from zoo.registry import ship
 
     if args.models is None and args.suite is None:
         raise QBenchError("name the models to train (names or wildcards) or --suite SUITE")
+    if args.check and (args.retrain or args.ship):
+        raise QBenchError("--check retrains into a scratch folder and compares; it cannot be "
+                          "combined with --retrain or --ship")
     pattern = args.models if args.models is not None else get_suite(args.suite).models
     device = resolve_device(args.device)
     if args.deterministic:
         enable_deterministic()
-    for name in match_names(pattern, list_models(), "model"):
-        _, card = get_model(name, device=device, retrain=args.retrain, data_root=args.data_root)
-        print(f"{name}\tclean_acc={card['clean_acc']:.4f}\ttrain_seconds={card['train_seconds']}"
-              f"\tsha256={card['weights_sha256'][:12]}")
+    names = match_names(pattern, list_models(), "model")
+    if args.check:
+        from bench.retrain_check import check_all
+
+        return check_all(names, device=device, data_root=args.data_root)
+    for name in names:
+        _, card = get_model(name, device=device, retrain=args.retrain,
+                            weights="trained" if args.ship else "shipped",
+                            data_root=args.data_root)
+        source = card["weights_source"]
+        if args.ship:
+            card, source = {**ship(name), "weights_source": "shipped"}, "shipped now"
+        trained = f"\ttrain_seconds={card['train_seconds']}" if "train_seconds" in card else ""
+        print(f"{name}\tclean_acc={card['clean_acc']:.4f}{trained}"
+              f"\tsha256={card['weights_sha256'][:12]}\t{source}")
     return 0
 
 

@@ -43,7 +43,7 @@ from results import CellRecord, ModelRecord
 from zoo import get_model, load_dataset, model_spec
 from zoo.data import Dataset
 from zoo.errors import CorruptWeightsError, QBenchError
-from zoo.store import paths_for
+from zoo.registry import weights_path
 
 #: A task whose worker process died is run again this many times before its cells are errors.
 MAX_RETRIES = 3
@@ -71,10 +71,9 @@ class Shipped:
         return self.card["weights_sha256"]
 
 
-def ship(name: str, card: dict, max_train_steps: int | None) -> Shipped:
-    """The cached weights file of a trained model (see :func:`zoo.get_model`)."""
-    key = name if max_train_steps is None else f"{name}.smoke-{max_train_steps}"
-    return Shipped(name, paths_for(key)[0].read_bytes(), card)
+def ship(name: str, card: dict) -> Shipped:
+    """The weights file behind a card :func:`zoo.get_model` returned (shipped or cached)."""
+    return Shipped(name, weights_path(card).read_bytes(), card)
 
 
 _WORKER_MODELS: dict[tuple[str, str], nn.Module] = {}  # per worker process: (sha, device)
@@ -164,7 +163,7 @@ def connect(address: str | None, threads_per_task: int) -> bool:
 
 def run_on_ray(grid: Grid, rec: Recorder, *, address: str | None, gpus_per_task: float,
                threads_per_task: int, retrain: bool, data_root: str | None,
-               max_train_steps: int | None, progress: bool) -> None:
+               max_train_steps: int | None, progress: bool, weights: str = "shipped") -> None:
     """Run ``grid`` as Ray tasks; ``rec`` records what they return (see the module doc)."""
     import ray
 
@@ -184,10 +183,11 @@ def run_on_ray(grid: Grid, rec: Recorder, *, address: str | None, gpus_per_task:
     try:
         for name in grid.models:
             plan = plan_cells(data, grid.attacks, grid.eps, grid.n, grid.limits.get(name, {}))
-            try:  # trained once, by the driver, into the cache (sha256-checked)
-                _, card = get_model(name, device="cpu", retrain=retrain, progress=progress,
-                                    data_root=data_root, max_train_steps=max_train_steps)
-                shipped = ship(name, card, max_train_steps)
+            try:  # loaded (or trained) once, by the driver, sha256-checked
+                _, card = get_model(name, device="cpu", weights=weights, retrain=retrain,
+                                    progress=progress, data_root=data_root,
+                                    max_train_steps=max_train_steps)
+                shipped = ship(name, card)
             except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the grid
                 rec.fail(name, "", StageError("training", exc).args[0], plan, device)
                 continue

@@ -49,15 +49,17 @@ def prepare_worker(threads: int, deterministic: bool) -> None:
 
 
 def train_models(grid: Grid, *, device: str, retrain: bool, progress: bool,
-                 data_root: str | None, max_train_steps: int | None) -> dict[str, str]:
+                 data_root: str | None, max_train_steps: int | None,
+                 weights: str = "shipped") -> dict[str, str]:
     """Train (or load) the grid's models here, on ``device`` (resolved: cpu, cuda, …): their
     weights' sha256 by name. A model that fails is left to the run, which records the failure
     in its cells."""
     shas = {}
     for name in grid.models:
         try:
-            _, card = get_model(name, device=device, retrain=retrain, progress=progress,
-                                data_root=data_root, max_train_steps=max_train_steps)
+            _, card = get_model(name, device=device, weights=weights, retrain=retrain,
+                                progress=progress, data_root=data_root,
+                                max_train_steps=max_train_steps)
             shas[name] = card["weights_sha256"]
         except Exception as exc:  # noqa: BLE001 - the run records it, cell by cell
             print(f"warning: training {name} failed ({type(exc).__name__}: {exc}); its cells "
@@ -140,19 +142,21 @@ def merge(summary: RunSummary, other: RunSummary, total: int) -> None:
 
 def run_jobs(grid: Grid, jobs: int, *, device: str, results_root: Path | None, force: bool,
              retrain: bool, progress: bool, data_root: str | None,
-             max_train_steps: int | None) -> RunSummary:
+             max_train_steps: int | None, weights: str = "shipped") -> RunSummary:
     """Run ``grid`` in ``jobs`` processes (this one and ``jobs - 1`` helpers) that share it."""
     if jobs < 1:
         raise QBenchError(f"--jobs must be a positive number of processes, got {jobs}")
     threads = threads_per_job(jobs)
     device = resolve_device(device)
     shas = train_models(grid, device=device, retrain=retrain, progress=progress,
-                        data_root=data_root, max_train_steps=max_train_steps)
+                        data_root=data_root, max_train_steps=max_train_steps, weights=weights)
     if not force and not pending(grid, shas, results_root=results_root, data_root=data_root):
         jobs = 1  # everything is recorded: no helper process to start
     since = provenance.now() if force else None
+    # the helpers load what this process trained: retrained weights are "trained" ones
     kwargs = dict(device=device, results_root=results_root, force=force, retrain=False,
-                  data_root=data_root, max_train_steps=max_train_steps, since=since)
+                  data_root=data_root, max_train_steps=max_train_steps, since=since,
+                  weights="trained" if retrain else weights)
     deterministic = torch.are_deterministic_algorithms_enabled()
     # spawn, not fork: a forked copy of a process that has run torch's thread pool may hang
     ctx = multiprocessing.get_context("spawn")

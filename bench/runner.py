@@ -573,7 +573,7 @@ def run_grid(
     retrain: bool = False, progress: bool = True, data_root: str | None = None,
     max_train_steps: int | None = None, executor: str = "local", ray_address: str | None = None,
     gpus_per_task: float = 0.0, threads_per_task: int = 1, jobs: int = 1,
-    since: str | None = None,
+    since: str | None = None, weights: str = "shipped",
 ) -> RunSummary:
     """Run a grid, appending each finished cell to ``<results_root>/<suite>.cells.jsonl``.
 
@@ -581,6 +581,8 @@ def run_grid(
     A model whose training, calibration or clean pass fails gets error records for its cells
     and the grid goes on; error cells are retried by the next run. ``max_train_steps`` caps
     the training of models not yet cached (a smoke run, see :func:`zoo.get_model`).
+    ``weights`` picks the shipped weights (default) or those trained here (``"trained"``;
+    ``retrain`` trains them again first), as in :func:`zoo.get_model`.
 
     ``executor="local"`` computes every cell in this process. Several such processes may run
     one grid into one folder at once: each cell is claimed by the process computing it, others
@@ -604,7 +606,7 @@ def run_grid(
 
         return run_jobs(grid, jobs, device=device, results_root=results_root, force=force,
                         retrain=retrain, progress=progress, data_root=data_root,
-                        max_train_steps=max_train_steps)
+                        max_train_steps=max_train_steps, weights=weights)
     if executor == "ray":
         from bench.distributed import run_on_ray
 
@@ -612,7 +614,7 @@ def run_grid(
         try:
             run_on_ray(grid, rec, address=ray_address, gpus_per_task=gpus_per_task,
                        threads_per_task=threads_per_task, retrain=retrain, data_root=data_root,
-                       max_train_steps=max_train_steps, progress=progress)
+                       max_train_steps=max_train_steps, progress=progress, weights=weights)
         finally:
             rec.bar.close()
         return rec.summary
@@ -627,8 +629,9 @@ def run_grid(
         sha, stage = "", "training"
         gate = None
         try:
-            model, card = get_model(name, device=device, retrain=retrain, progress=progress,
-                                    data_root=data_root, max_train_steps=max_train_steps)
+            model, card = get_model(name, device=device, weights=weights, retrain=retrain,
+                                    progress=progress, data_root=data_root,
+                                    max_train_steps=max_train_steps)
             sha, stage = card["weights_sha256"], "calibration"
             gate = ClaimGate(rec, {c.key(sha, grid.seed): f"{name}.{c.attack}.{sha[:16]}"
                                    for c in plan}, wait=wait, only=only)

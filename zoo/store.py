@@ -1,5 +1,12 @@
 """Trained weights on disk: a safetensors file plus a JSON model card holding its sha256.
 
+Two places hold them. :data:`SHIPPED_DIR` (``zoo/weights`` in the repository) holds the
+weights every committed record was computed from: training on another CPU gives other
+weights (float reductions differ with the vector instruction set and the thread count), so a
+published number can only be checked against the very weights behind it. The cache
+(:func:`weights_dir`) holds what was trained on this machine: models without shipped weights,
+smoke runs and ``--retrain``.
+
 A weights file is used only if its sha256 matches the card; anything else raises
 :class:`CorruptWeightsError` with what to do. Nothing here ever silently retrains or deletes.
 
@@ -32,7 +39,12 @@ def cache_dir() -> Path:
 
 
 def weights_dir() -> Path:
+    """Weights trained on this machine (see the module docstring)."""
     return cache_dir() / "weights"
+
+
+#: The shipped weights: the repository's ``zoo/weights`` (installed with the package)
+SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
 
 
 def file_sha256(path: Path) -> str:
@@ -133,17 +145,24 @@ def read_card(name: str, root: Path | None = None) -> dict | None:
         if not isinstance(card, dict) or "weights_sha256" not in card:
             raise ValueError("no weights_sha256 field")
     except ValueError as exc:
-        raise CorruptWeightsError(
-            f"model card {cpath} is unreadable ({exc}). Delete {cpath} and {wpath}, or "
-            f"retrain with `python -m bench train {name} --retrain`."
-        ) from None
+        raise CorruptWeightsError(f"model card {cpath} is unreadable ({exc}). "
+                                  f"{_what_to_do(name, root)}") from None
     return card
+
+
+def _what_to_do(name: str, root: Path | None) -> str:
+    """The way out of a bad weights file or card: shipped ones are restored, cached retrained."""
+    wpath, cpath = paths_for(name, root)
+    if root == SHIPPED_DIR:
+        return (f"These are shipped weights: restore them with `git checkout -- {wpath} "
+                f"{cpath}`.")
+    return f"Retrain with `python -m bench train {name} --retrain` (or delete {wpath} and {cpath})."
 
 
 def load_weights(name: str, card: dict, root: Path | None = None) -> dict[str, torch.Tensor]:
     """Load weights, verifying the sha256 recorded in the card."""
     wpath, _ = paths_for(name, root)
-    fix = f"Retrain with `python -m bench train {name} --retrain` (or delete {wpath})."
+    fix = _what_to_do(name, root)
     if not wpath.exists():
         raise CorruptWeightsError(f"weights file {wpath} is missing but its card exists. {fix}")
     actual = file_sha256(wpath)
