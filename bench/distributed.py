@@ -71,7 +71,7 @@ class Shipped:
         return self.card["weights_sha256"]
 
 
-def ship(name: str, card: dict) -> Shipped:
+def pack(name: str, card: dict) -> Shipped:
     """The weights file behind a card :func:`zoo.get_model` returned (shipped or cached)."""
     return Shipped(name, weights_path(card).read_bytes(), card)
 
@@ -187,7 +187,7 @@ def run_on_ray(grid: Grid, rec: Recorder, *, address: str | None, gpus_per_task:
                 _, card = get_model(name, device="cpu", weights=weights, retrain=retrain,
                                     progress=progress, data_root=data_root,
                                     max_train_steps=max_train_steps)
-                shipped = ship(name, card)
+                shipped = pack(name, card)
             except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the grid
                 rec.fail(name, "", StageError("training", exc).args[0], plan, device)
                 continue

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from zoo import kernels
+
 PACKAGES = ("torch", "torchvision", "foolbox", "pyautoattack", "numpy", "pandas", "qbench")
 
 
@@ -46,14 +48,7 @@ def hardware(device: str) -> str:
         return torch.cuda.get_device_name(torch.device(device))
     cpu = platform.processor() or platform.machine()
     return (f"{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
-            f"{cpu_kernels()} kernels)")
-
-
-def cpu_kernels() -> str:
-    """The vector instruction set torch's CPU kernels use (``ATEN_CPU_CAPABILITY`` lowers
-    it), e.g. ``AVX2``; attack results from the same weights do not depend on it (the tests
-    check every capability the CPU has)."""
-    return torch.backends.cpu.get_cpu_capability()
+            f"{kernels.in_force()})")
 
 
 def now() -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import pickle
 import shutil
@@ -270,6 +271,8 @@ CLI_CASES = {
     "train-models-comma": (["train", " , "], "empty model pattern ' , '"),
     "train-unknown": (["train", "digits-mlp5x100-rf"], "Did you mean: digits-mlp5x100-ref"),
     "show-unknown": (["show", "cifar10-mlp"], "unknown model"),
+    "train-check-and-ship": (["train", DIGITS, "--check", "--ship"],
+                             "cannot be combined with --retrain or --ship"),
 }
 if not torch.cuda.is_available():
     CLI_CASES["device-cuda-without-gpu"] = ([*RUN, "--device", "cuda"], "no CUDA GPU")
@@ -286,6 +289,15 @@ def _run_cli(argv: list[str], records: Path, capsys) -> tuple[int, str]:
     return code, out.err
 
 
+def test_retrain_without_results_folder_is_refused(capsys):
+    """Weights trained here are not the shipped ones: their cells never reach the records."""
+    before = _hashes(RECORDS_DIR)
+    assert main([*RUN, "--retrain"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --retrain") and "--results DIR" in err, err
+    assert _hashes(RECORDS_DIR) == before
+
+
 @pytest.mark.parametrize("case", list(CLI_CASES))
 def test_cli_bad_input_is_one_line_and_exit_2(case, records, capsys):
     argv, message = CLI_CASES[case]
@@ -296,14 +308,19 @@ def test_cli_bad_input_is_one_line_and_exit_2(case, records, capsys):
 
 
 @pytest.fixture
-def trained_copy(tmp_path, monkeypatch, digits_models) -> tuple[Path, Path]:
-    """A private cache holding a copy of the trained digits model's weights and card."""
-    src_w, src_c = store.paths_for(DIGITS)
-    monkeypatch.setenv("QBENCH_CACHE", str(tmp_path / "cache"))
-    wpath, cpath = store.paths_for(DIGITS)
-    wpath.parent.mkdir(parents=True)
+def shipped_copy(tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """The zoo's shipped folder replaced by a copy holding the digits model's weights and card."""
+    from zoo import registry
+
+    folder = tmp_path / "shipped"
+    folder.mkdir()
+    src_w, src_c = store.paths_for(DIGITS, registry.SHIPPED_DIR)
+    wpath, cpath = folder / src_w.name, folder / src_c.name
     shutil.copy(src_w, wpath)
     shutil.copy(src_c, cpath)
+    monkeypatch.setattr(registry, "SHIPPED_DIR", folder)
+    monkeypatch.setattr(store, "SHIPPED_DIR", folder)
+    monkeypatch.setenv("QBENCH_CACHE", str(tmp_path / "cache"))
     return wpath, cpath
 
 
@@ -327,30 +344,30 @@ WEIGHT_CASES = {
 
 
 @pytest.mark.parametrize("case", list(WEIGHT_CASES))
-def test_corrupt_weights_and_cards_are_one_line(case, trained_copy, records, capsys):
+def test_corrupt_weights_and_cards_are_one_line(case, shipped_copy, records, capsys):
     corrupt, argv, message = WEIGHT_CASES[case]
-    wpath, cpath = trained_copy
+    wpath, cpath = shipped_copy
     assert main(["train", DIGITS]) == 0  # the copy is valid as made
     capsys.readouterr()
     corrupt(wpath, cpath)
     weights = {p: p.read_bytes() for p in (wpath, cpath) if p.exists()}
     code, err = _run_cli(argv, records, capsys)
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
-    assert message in err and "--retrain" in err, err
+    assert message in err and "git checkout --" in err, err
     assert {p: p.read_bytes() for p in (wpath, cpath) if p.exists()} == weights
 
 
-def test_weights_that_do_not_fit_the_architecture_are_one_line(trained_copy, records, capsys):
+def test_weights_that_do_not_fit_the_architecture_are_one_line(shipped_copy, records, capsys):
     from safetensors.torch import save_file
 
-    wpath, cpath = trained_copy
+    wpath, cpath = shipped_copy
     save_file({"nonsense": torch.zeros(3)}, str(wpath))
     card = cpath.read_text().replace(
-        store.read_card(DIGITS)["weights_sha256"], store.file_sha256(wpath))
+        json.loads(cpath.read_text())["weights_sha256"], store.file_sha256(wpath))
     cpath.write_text(card)
     code, err = _run_cli(["train", DIGITS], records, capsys)
     assert code == 2 and err.count("\n") == 1, err
-    assert "does not fit its architecture" in err and "--retrain" in err, err
+    assert "does not fit its architecture" in err and "git checkout" in err, err
 
 
 # ---------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from procfs import cmdline
 
 import bench
 import results
-from bench.distributed import Shipped, Unit, execute_unit, ship
+from bench.distributed import Shipped, Unit, execute_unit, pack
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
@@ -102,7 +102,7 @@ def test_weights_that_do_not_match_their_card_become_error_cells(digits_models, 
     from zoo import get_model
 
     _, card = get_model("digits-mlp5x100-ref", progress=False)
-    good = ship("digits-mlp5x100-ref", card, None)
+    good = pack("digits-mlp5x100-ref", card)
     bad = Shipped(good.name, good.blob[:-1] + bytes([good.blob[-1] ^ 1]), card)
     grid = bench.build_grid(**{**GRID, "models": "digits-mlp5x100-ref", "attacks": "fgsm"})
     keys = tuple(c.key(card["weights_sha256"], grid.seed) for c in

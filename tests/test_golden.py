@@ -13,9 +13,12 @@ version bump". Regenerate after a deliberate change with::
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "cells.json"
@@ -33,8 +36,16 @@ CELLS = [
 ]
 
 
-def compute() -> dict:
-    """The known-answer cells, computed through the runner (attack, verification, counting)."""
+#: A binarized convnet, for the cross-instruction-set check only: its convolutions run
+#: through oneDNN, whose kernels are chosen apart from torch's own (``ONEDNN_MAX_CPU_ISA``).
+CONV_MODEL, CONV_DATASET, CONV_N = "mnist5k-convnet-bnn-waq", "mnist5k", 20
+CONV_CELLS = [("fgsm", 0.1), ("pgd-linf-njs", 0.1), ("square", 0.1)]
+
+
+def compute(model_name: str = MODEL, dataset: str = "digits", cells: list | None = None,
+            n: int = N) -> dict:
+    """Known-answer cells of the shipped ``model_name``, computed through the runner (attack,
+    verification, counting) at one torch thread."""
     import zoo
     from attacks import create_attack
     from bench import runner
@@ -44,30 +55,32 @@ def compute() -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same float reductions on every machine size
     try:
-        model, card = zoo.get_model(MODEL, progress=False)
-        data = zoo.load_dataset("digits")
+        model, card = zoo.get_model(model_name, progress=False)
+        data = zoo.load_dataset(dataset)
         calibrate(model, data, "cpu")
-        x, y = data.test_subset(N)
+        x, y = data.test_subset(n)
         clean = predict(model, x) == y
-        cells = []
-        for attack, eps in CELLS:
+        out_cells = []
+        for attack, eps in CELLS if cells is None else cells:
             out = runner.attack_cell(model, x, y, clean, attack_name=attack, eps=eps,
-                                     seed=runner.cell_seed(SEED, MODEL, attack, eps),
+                                     seed=runner.cell_seed(SEED, model_name, attack, eps),
                                      device="cpu", train_x=data.train_x)
-            cells.append({"attack": attack, "eps": eps,
-                          "config": create_attack(attack).config(), "status": out["status"],
-                          "error": out.get("error"), "robust": out["robust"]})
+            out_cells.append({"attack": attack, "eps": eps,
+                              "config": create_attack(attack).config(),
+                              "status": out["status"], "error": out.get("error"),
+                              "robust": out["robust"]})
     finally:
         torch.set_num_threads(threads)
-    return {"model": MODEL, "weights_sha256": card["weights_sha256"], "n": N, "seed": SEED,
-            "clean_correct": [int(v) for v in clean.tolist()], "cells": cells}
+    return {"model": model_name, "weights_sha256": card["weights_sha256"], "n": n,
+            "seed": SEED, "clean_correct": [int(v) for v in clean.tolist()],
+            "cells": out_cells}
 
 
 def test_known_answers_match_the_golden_file():
     golden = json.loads(GOLDEN.read_text(encoding="utf-8"))
     now = compute()
     assert now["weights_sha256"] == golden["weights_sha256"], (
-        f"{MODEL} trained to other weights than the golden file's: training changed")
+        f"the shipped {MODEL} is not the one the golden file was made from: regenerate it")
     assert now["clean_correct"] == golden["clean_correct"]
     old = {(c["attack"], c["eps"]): c for c in golden["cells"]}
     problems = []
@@ -85,6 +98,62 @@ def test_known_answers_match_the_golden_file():
             problems.append(f"{name}: behaviour changed without a version bump ({diff} of "
                             f"{N} per-sample results differ); bump the attack's version")
     assert not problems, "\n".join(problems)
+
+
+#: torch's kernel levels (``ATEN_CPU_CAPABILITY``), each with the oneDNN level a CPU of that
+#: kind would use under the zoo's pin (:mod:`zoo.kernels`): a CPU without AVX2 runs SSE4.1
+KERNELS = {"default": "SSE41", "avx2": "AVX2", "avx512": "AVX2"}
+_LEVELS = {"DEFAULT": 0, "AVX2": 1, "AVX512": 2, "ZVECTOR": 0, "VSX": 0}
+
+
+def supported_kernels() -> list[str]:
+    """The ``ATEN_CPU_CAPABILITY`` values this CPU can run, lowest first."""
+    top = _LEVELS.get(torch.backends.cpu.get_cpu_capability(), 0)
+    return [k for k, level in zip(KERNELS, range(3), strict=True) if level <= top]
+
+
+_CHILD = """
+import json, sys
+sys.path.insert(0, {tests!r})
+import conftest  # noqa: F401 - the tests' weight cache
+from test_golden import CONV_CELLS, CONV_DATASET, CONV_MODEL, CONV_N, compute
+from zoo import kernels
+print(json.dumps({{"kernels": kernels.in_force(),
+                  "mlp": compute(),
+                  "conv": compute(CONV_MODEL, CONV_DATASET, CONV_CELLS, CONV_N)}}))
+"""
+
+
+@pytest.mark.slow
+def test_known_answers_are_the_same_under_every_cpu_kernel_level():
+    """Another CPU type runs other vector kernels: the shipped weights must give the same
+    per-sample results under each level this CPU supports (torch's and oneDNN's)."""
+    tests = str(Path(__file__).resolve().parent)
+    runs = {}
+    for level in supported_kernels():
+        env = {**os.environ, "ATEN_CPU_CAPABILITY": level}
+        if level == "default":  # the pin itself is what the other levels run under
+            env["ONEDNN_MAX_CPU_ISA"] = KERNELS[level]
+        else:
+            env.pop("ONEDNN_MAX_CPU_ISA", None)
+        done = subprocess.run([sys.executable, "-c", _CHILD.format(tests=tests)], env=env,
+                              capture_output=True, text=True, timeout=900, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs[level] = json.loads(done.stdout.strip().splitlines()[-1])
+        # the levels really were in force
+        assert runs[level]["kernels"] == f"{level.upper()} kernels, oneDNN at most {KERNELS[level]}"
+    assert "default" in runs and len(runs) >= 2, runs.keys()
+    first, *others = runs
+    for level in others:
+        for part in ("mlp", "conv"):
+            a, b = runs[first][part], runs[level][part]
+            assert a["clean_correct"] == b["clean_correct"], (part, level)
+            diff = [c["attack"] for c, d in zip(a["cells"], b["cells"], strict=True)
+                    if c["robust"] != d["robust"] or c["status"] != d["status"]]
+            assert not diff, f"{part} cells differ between {first} and {level}: {diff}"
+    golden = json.loads(GOLDEN.read_text(encoding="utf-8"))
+    assert [c["robust"] for c in runs[first]["mlp"]["cells"]] == [
+        c["robust"] for c in golden["cells"]]
 
 
 if __name__ == "__main__":

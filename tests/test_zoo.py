@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import struct
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 import zoo
-from zoo import store
+from zoo import registry, store
 from zoo.data import read_idx, stratified_split
 from zoo.errors import CorruptWeightsError, DataMissingError, QBenchError, UnknownNameError
 from zoo.layers import BinaryLinear, SignActivation
@@ -101,36 +102,85 @@ def tmp_cache(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_weights_are_cached_and_verified(tmp_cache):
+def test_shipped_weights_load_verified_without_training_or_cache(tmp_cache):
+    """What the published records were computed from: the shipped files, nothing trained."""
     name = "digits-mlp5x100-bnn-waq"
     model, card = zoo.get_model(name, progress=False)
+    shipped, _ = store.paths_for(name, registry.SHIPPED_DIR)
+    assert card["weights_source"] == "shipped"
+    assert card["weights_sha256"] == store.file_sha256(shipped)
+    assert registry.weights_path(card) == shipped
+    assert not (tmp_cache / "weights").exists()  # no training, no cache written
+    assert registry.model_card(name)["weights_sha256"] == card["weights_sha256"]
+
+
+def test_corrupt_shipped_weights_say_how_to_restore_them(tmp_path, monkeypatch):
+    name = "digits-mlp5x100-ref"
+    for suffix in (".safetensors", ".json"):
+        src = registry.SHIPPED_DIR / f"{name}{suffix}"
+        (tmp_path / src.name).write_bytes(src.read_bytes())
+    monkeypatch.setattr(registry, "SHIPPED_DIR", tmp_path)
+    monkeypatch.setattr(store, "SHIPPED_DIR", tmp_path)
+    wfile = tmp_path / f"{name}.safetensors"
+    blob = bytearray(wfile.read_bytes())
+    blob[-5] ^= 0xFF
+    wfile.write_bytes(bytes(blob))
+    with pytest.raises(CorruptWeightsError, match="sha256") as err:
+        zoo.get_model(name, progress=False)
+    assert "git checkout" in str(err.value) and "--retrain" not in str(err.value)
+
+
+def test_shipped_weights_of_another_recipe_are_refused(tmp_path, monkeypatch):
+    name = "digits-mlp5x100-ref"
+    card = json.loads((registry.SHIPPED_DIR / f"{name}.json").read_text())
+    (tmp_path / f"{name}.json").write_text(json.dumps({**card, "recipe_id": "0ld"}))
+    (tmp_path / f"{name}.safetensors").write_bytes(
+        (registry.SHIPPED_DIR / f"{name}.safetensors").read_bytes())
+    monkeypatch.setattr(registry, "SHIPPED_DIR", tmp_path)
+    with pytest.raises(CorruptWeightsError, match="recipe 0ld.*--ship"):
+        zoo.get_model(name, progress=False)
+
+
+def test_trained_weights_are_cached_and_verified(tmp_cache):
+    name = "digits-mlp5x100-bnn-waq"
+    model, card = zoo.get_model(name, weights="trained", progress=False)
     wfile, cfile = store.paths_for(name)
+    assert card["weights_source"] == "trained" and registry.weights_path(card) == wfile
     assert wfile.exists() and card["weights_sha256"] == store.file_sha256(wfile)
     assert card["clean_acc"] > 0.8
+    assert card["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     mtime = wfile.stat().st_mtime_ns
-    again, card2 = zoo.get_model(name, progress=False)  # from cache: no retraining
+    again, card2 = zoo.get_model(name, weights="trained", progress=False)  # cached
     assert wfile.stat().st_mtime_ns == mtime and card2 == card
     x = zoo.load_dataset("digits").test_x[:50]
     assert torch.equal(model(x), again(x))
+    # the shipped weights stay what get_model returns by default
+    assert zoo.get_model(name, progress=False)[1]["weights_source"] == "shipped"
 
     blob = bytearray(wfile.read_bytes())
     blob[-5] ^= 0xFF  # flip one byte of the weights
     wfile.write_bytes(bytes(blob))
     with pytest.raises(CorruptWeightsError, match="sha256") as err:
-        zoo.get_model(name, progress=False)
+        zoo.get_model(name, weights="trained", progress=False)
     assert "--retrain" in str(err.value)
     _, card3 = zoo.get_model(name, progress=False, retrain=True)
     assert card3["weights_sha256"] == store.file_sha256(wfile)
 
     cfile.write_text("{not json")
     with pytest.raises(CorruptWeightsError, match="unreadable"):
-        zoo.get_model(name, progress=False)
+        zoo.get_model(name, weights="trained", progress=False)
 
 
-def test_training_is_reproducible(tmp_cache):
-    """Same recipe and seed, same weights (this is what lets a re-run skip finished cells)."""
+def test_unknown_weights_source_is_refused():
+    with pytest.raises(QBenchError, match="allowed: shipped, trained"):
+        zoo.get_model("digits-mlp5x100-ref", weights="newest")
+
+
+def test_training_is_reproducible_on_one_machine(tmp_cache):
+    """Same recipe, seed, CPU kernels and thread count, same weights. (Across instruction sets
+    or thread counts the float reductions differ: that is why the zoo ships its weights.)"""
     name = "digits-mlp5x100-ref"
-    _, a = zoo.get_model(name, progress=False)
+    _, a = zoo.get_model(name, weights="trained", progress=False)
     _, b = zoo.get_model(name, progress=False, retrain=True)
     assert a["weights_sha256"] == b["weights_sha256"]
 
@@ -169,7 +219,7 @@ _GET_MODEL_SCRIPT = """
 import sys, time
 from pathlib import Path
 import zoo.registry as registry
-from zoo import store
+from zoo import registry, store
 
 calls = []
 real_train = registry.train_model

@@ -1,5 +1,9 @@
 """The model zoo: datasets and trained models, each reachable by name."""
 
+from zoo import kernels as _kernels
+
+_kernels.pin()  # before any model runs: the same convolution kernels on every x86 CPU
+
 from zoo import catalog as _catalog  # noqa: F401 - registers the models
 from zoo.data import Dataset, list_datasets, load_dataset, tensor_sha256
 from zoo.errors import (
