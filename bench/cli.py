@@ -1,4 +1,6 @@
-"""Command line: ``python -m bench {list,run,show,train} …``. Run with ``--help`` for details."""
+"""Command line: ``python -m bench {list,run,board,show,train,reproduce} …``.
+
+Run with ``--help`` for details."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ examples:
   python -m bench run --suite mnist5k --attacks 'pgd-*' --eps linf=0.1,0.3 l2=1.5 --n 200
   python -m bench board --norm l2 --eps 1.5          # one leaderboard as a Markdown table
   python -m bench show mnist5k-mlp5x100-bnn-waq
+  python -m bench reproduce --sample 20      # recompute 20 published cells and compare
 
 ε is in input units (inputs live in [0, 1]); fractions such as 8/255 are accepted.
 A finished cell is never recomputed unless --force; an interrupted run loses nothing.
@@ -103,6 +106,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--costs", action="store_true", help="per-attack cost table instead")
     p.add_argument("--results", type=Path, default=None,
                    help="records folder (default: results/records of the project)")
+
+    p = sub.add_parser(
+        "reproduce", help="recompute a sample of the committed cells and compare them",
+        description="Recompute K committed cells of a suite from the shipped weights (with "
+        "their seed, test points and attack configuration) and compare every result field "
+        "with the record: per-sample vectors, accuracies, counts, passes per sample, the "
+        "attack's info. Timings and provenance are left out. The sample is stratified over "
+        "models and attack families. Exit 1 when any cell differs.")
+    p.add_argument("--suite", default="mnist5k", help="suite whose records to check "
+                   "(default: mnist5k)")
+    p.add_argument("--sample", type=int, default=20, metavar="K",
+                   help="number of cells to recompute (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
+    p.add_argument("--models", default=None, help="only cells of these models (wildcards)")
+    p.add_argument("--attacks", default=None, help="only cells of these attacks (wildcards)")
+    p.add_argument("--device", default="cpu", help="cpu (default; the records were made on "
+                   "it), cuda, auto")
 
     p = sub.add_parser("show", help="print a model's card (JSON; never trains)")
     p.add_argument("model")
@@ -312,13 +332,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from bench.reproduce import main as reproduce
+
+    return reproduce(args.suite, sample=args.sample, seed=args.seed, models=args.models,
+                     attacks=args.attacks, device=args.device)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from results import RecordError
     from zoo.errors import QBenchError
 
     args = build_parser().parse_args(argv)
     handler = {"list": cmd_list, "run": cmd_run, "board": cmd_board, "show": cmd_show,
-               "train": cmd_train}
+               "train": cmd_train, "reproduce": cmd_reproduce}
     try:
         return handler[args.command](args)
     except QBenchError as exc:

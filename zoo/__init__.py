@@ -1,9 +1,5 @@
 """The model zoo: datasets and trained models, each reachable by name."""
 
-from zoo import kernels as _kernels
-
-_kernels.pin()  # before any model runs: the same convolution kernels on every x86 CPU
-
 from zoo import catalog as _catalog  # noqa: F401 - registers the models
 from zoo.data import Dataset, list_datasets, load_dataset, tensor_sha256
 from zoo.errors import (
@@ -25,6 +21,9 @@ __all__ = [
     "model_spec", "register_model", "tensor_sha256",
 ]
 
+from zoo.kernels import pin as _pin_kernels  # noqa: E402
 from zoo.plugins import load_plugins as _load_plugins  # noqa: E402
+
+_pin_kernels()  # before any model runs: the same convolution kernels on every x86 CPU
 
 _load_plugins()  # models of installed packages (entry-point group "qbench.models")
