@@ -213,5 +213,6 @@ def main(suite: str, *, sample: int, seed: int, models: str | None, attacks: str
           "weights" + ("" if same == len(outcomes) else "; the others differ"), flush=True)
     if same != len(outcomes):
         print("a difference means this machine computes other numbers than the records: "
-              "compare library versions (constraints.txt) and report it", file=sys.stderr)
+              "compare your library versions with the records' `versions` field and report it",
+              file=sys.stderr)
     return 0 if same == len(outcomes) else 1
