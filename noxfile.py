@@ -1,9 +1,11 @@
 """Sessions: ``nox -s tests`` (default), ``benchmark``, ``oracle``, ``fashion``, ``cifar10``,
-``fliprate``, ``site``, ``perf``, ``lint``.
+``fliprate``, ``site``, ``perf``, ``lint``, ``lock``.
 
-Every session installs the project (and everything it needs) into its own virtualenv;
-virtualenvs are reused between runs (pass ``--reuse-venv=no`` for a fresh one), and the
-project is installed again only when pyproject.toml changes (see :func:`install`).
+Every session installs the project (and everything it needs) into its own virtualenv, at the
+exact versions of ``constraints.txt`` (the environment that made the committed records;
+``nox -s lock`` regenerates it); virtualenvs are reused between runs (pass ``--reuse-venv=no``
+for a fresh one), and the project is installed again only when pyproject.toml or
+constraints.txt changes (see :func:`install`).
 """
 
 from __future__ import annotations
@@ -22,27 +24,40 @@ PERF_STORAGE = "file://benchmarks/.baselines"
 
 
 #: written into a session's virtualenv once the project is installed there: which
-#: pyproject.toml (its sha256) and which extras
+#: pyproject.toml and constraints.txt (their sha256) and which extras
 INSTALL_STAMP = "qbench-installed.txt"
+#: the exact versions every session installs (see its header)
+CONSTRAINTS = "constraints.txt"
+#: the extras ``nox -s lock`` resolves: every one, so that the constraints cover them all
+ALL_EXTRAS = "test,ray,site"
+
+
+def constraints_args() -> list[str]:
+    """``-c constraints.txt`` when the file exists (a probe project may have none)."""
+    return ["-c", CONSTRAINTS] if Path(CONSTRAINTS).is_file() else []
 
 
 def install(session: nox.Session, extras: str = "test") -> None:
     """Install the project (editable) with ``extras`` into the session's virtualenv.
 
-    Skipped when the virtualenv already holds an install of this very pyproject.toml with
-    these extras: pip spends 20-30 s resolving and building an editable wheel even when
-    nothing changed, and an editable install sees code changes without it. A changed
-    pyproject.toml (dependencies, entry points) installs again; ``--reuse-venv=no`` starts from
-    a fresh virtualenv. The stamp is written by an install command, so ``--no-install`` writes
-    none either.
+    Every package at its version in ``constraints.txt``. Skipped when the virtualenv already
+    holds an install of this very pyproject.toml and constraints.txt with these extras: pip
+    spends 20-30 s resolving and building an editable wheel even when nothing changed, and an
+    editable install sees code changes without it. A changed pyproject.toml (dependencies,
+    entry points) or constraints.txt installs again; ``--reuse-venv=no`` starts from a fresh
+    virtualenv. The stamp is written by an install command, so ``--no-install`` writes none
+    either.
     """
-    digest = hashlib.sha256(Path("pyproject.toml").read_bytes()).hexdigest()
-    stamp = f"{digest} [{extras}]"
+    h = hashlib.sha256(Path("pyproject.toml").read_bytes())
+    if Path(CONSTRAINTS).is_file():
+        h.update(Path(CONSTRAINTS).read_bytes())
+    stamp = f"{h.hexdigest()} [{extras}]"
     stamp_file = Path(session.virtualenv.location) / INSTALL_STAMP
     if stamp_file.is_file() and stamp_file.read_text() == stamp:
-        session.log(f"qbench[{extras}] is installed from this pyproject.toml: pip skipped")
+        session.log(f"qbench[{extras}] is installed from this pyproject.toml and constraints: "
+                    "pip skipped")
         return
-    session.install("-e", f".[{extras}]")
+    session.install(*constraints_args(), "-e", f".[{extras}]")
     session.run_install("python", "-c", "import pathlib, sys; "
                         "pathlib.Path(sys.argv[1]).write_text(sys.argv[2])",
                         str(stamp_file), stamp, silent=True)
@@ -165,5 +180,19 @@ def perf(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    session.install(*constraints_args(), "ruff")
     session.run("ruff", "check", ".")
+
+
+@nox.session(reuse_venv=False)
+def lock(session: nox.Session) -> None:
+    """Regenerate constraints.txt: resolve the project with every extra, unconstrained, in a
+    fresh virtualenv, and pin what pip chose (the file's header comment is kept)."""
+    session.install("-e", f".[{ALL_EXTRAS}]")
+    frozen = session.run("python", "-m", "pip", "freeze", "--exclude-editable", silent=True)
+    path = Path(CONSTRAINTS)
+    header = [line for line in path.read_text().splitlines() if line.startswith("#")] \
+        if path.is_file() else []
+    pins = sorted((line for line in frozen.splitlines() if "==" in line), key=str.lower)
+    path.write_text("\n".join(header + pins) + "\n")
+    session.log(f"{CONSTRAINTS}: {len(pins)} pins")

@@ -213,6 +213,8 @@ def main(suite: str, *, sample: int, seed: int, models: str | None, attacks: str
           "weights" + ("" if same == len(outcomes) else "; the others differ"), flush=True)
     if same != len(outcomes):
         print("a difference means this machine computes other numbers than the records: "
-              "compare your library versions with the records' `versions` field and report it",
+              "install the versions that made them (`pip install -c constraints.txt`, "
+              "as every nox session does; each record's `versions` field names them) and, if "
+              "it persists, report it",
               file=sys.stderr)
     return 0 if same == len(outcomes) else 1

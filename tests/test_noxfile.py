@@ -1,5 +1,6 @@
 """The noxfile's install step, with the real nox and pip on a tiny probe project: pip runs
-once per pyproject.toml and extras, and a rerun skips it."""
+once per pyproject.toml, constraints and extras, a rerun skips it, and the constraints' pins
+are what gets installed."""
 
 from __future__ import annotations
 
@@ -27,6 +28,13 @@ spec.loader.exec_module(qbench)
 def probe(session):
     qbench.install(session, "extra")
     session.run("python", "-c", "import stamp_probe")
+
+
+@nox.session(venv_backend="venv")
+def pinned(session):
+    qbench.install(session, "extra")
+    session.run("python", "-c", "import importlib.metadata as m; "
+                "print('six is', m.version('six'))")
 """
 
 PROBE_PYPROJECT = """
@@ -43,20 +51,24 @@ extra = []
 """
 
 
-def _nox(cwd: Path) -> str:
+def _nox(cwd: Path, session: str = "probe") -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "NOX"))}
-    done = subprocess.run([NOX, "-s", "probe"], cwd=cwd, env=env, capture_output=True,
+    done = subprocess.run([NOX, "-s", session], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout + done.stderr
 
 
+def _probe(root: Path, pyproject: str = PROBE_PYPROJECT) -> None:
+    (root / "noxfile.py").write_text(PROBE_NOXFILE.format(noxfile=str(ROOT / "noxfile.py")))
+    (root / "pyproject.toml").write_text(pyproject)
+    (root / "stamp_probe").mkdir()
+    (root / "stamp_probe" / "__init__.py").write_text("")
+
+
 @pytest.mark.skipif(NOX is None, reason="nox is not on PATH (CI runs the tests through nox)")
 def test_install_runs_pip_once_per_pyproject(tmp_path: Path) -> None:
-    (tmp_path / "noxfile.py").write_text(PROBE_NOXFILE.format(noxfile=str(ROOT / "noxfile.py")))
-    (tmp_path / "pyproject.toml").write_text(PROBE_PYPROJECT)
-    (tmp_path / "stamp_probe").mkdir()
-    (tmp_path / "stamp_probe" / "__init__.py").write_text("")
+    _probe(tmp_path)
 
     first = _nox(tmp_path)
     assert "pip install -e '.[extra]'" in first
@@ -72,3 +84,18 @@ def test_install_runs_pip_once_per_pyproject(tmp_path: Path) -> None:
     changed = _nox(tmp_path)
     assert "pip install -e '.[extra]'" in changed
     assert next((tmp_path / ".nox").glob("probe/qbench-installed.txt")).read_text() != stamp
+
+
+@pytest.mark.skipif(NOX is None, reason="nox is not on PATH (CI runs the tests through nox)")
+def test_install_takes_the_versions_of_constraints_txt(tmp_path: Path) -> None:
+    # the extra asks for any six; the constraints pin an old one, and a changed pin reinstalls
+    _probe(tmp_path, PROBE_PYPROJECT.replace("extra = []", 'extra = ["six"]'))
+    (tmp_path / "constraints.txt").write_text("# pins\nsix==1.15.0\n")
+    first = _nox(tmp_path, "pinned")
+    assert "pip install -c constraints.txt -e '.[extra]'" in first
+    assert "six is 1.15.0" in first
+
+    (tmp_path / "constraints.txt").write_text("# pins\nsix==1.16.0\n")
+    changed = _nox(tmp_path, "pinned")
+    assert "pip skipped" not in changed
+    assert "six is 1.16.0" in changed
