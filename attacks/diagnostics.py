@@ -45,14 +45,15 @@ def gradient_diagnostics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                          rho: float = NJS_RHO) -> dict[str, float]:
     """Signal-propagation statistics of ``model`` (put in eval mode) at clean points ``x``.
 
-    ``njs_beta1``: the model's NJS β1; by default the cached value of
-    :func:`attacks.pgdpp.njs_beta1`, else computed from (and cached for) ``x[:101]``.
+    ``njs_beta1``: the model's NJS β1; by default its calibrated value in the dataset's
+    normalised coordinates (:func:`attacks.pgdpp.calibrated_njs_beta1`, as the ``*-njs``
+    attacks use it).
     Also reports ``n_points``, ``n_correct``, ``njs_beta1``, ``njs_beta_mean`` (effective
     β1·β2), ``njs_beta2_share``, ``hns_beta_mean``/``_min``/``_max`` and
     ``hns_fallback_share`` (share of correct points where HNS used β = 1).
     """
     model.eval()
-    beta1 = float(njs_beta1) if njs_beta1 is not None else pgdpp.njs_beta1(model, x)
+    beta1 = float(njs_beta1) if njs_beta1 is not None else pgdpp.calibrated_njs_beta1(model)
     parts: dict[str, list[torch.Tensor]] = {}
 
     def add(key: str, value: torch.Tensor) -> None:

@@ -529,6 +529,9 @@ class MILPLinf(Attack):
         out = super()._hyperparameters()
         if out.get("use_milp") is True:
             del out["use_milp"]
+        # the presolve attacks decide which points the verifier never sees: their whole
+        # configurations (versions included) are part of this attack's
+        out["presolve"] = {name: create_attack(name).config() for name in self.presolve}
         return out
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,

@@ -7,7 +7,14 @@ into :class:`attacks.gradient.GradientAttack`:
 
 * :class:`NJSScaler` (Network Jacobian Scaling): β1 = 1 / mean singular value of the
   input-output Jacobian, once per model (:func:`njs_beta1`, cached per model object), times a
-  per-sample, per-step β2 = c(ρ)/γ when the true class is already too confident.
+  per-sample, per-step β2 = c(ρ)/γ when the true class is already too confident. The Jacobian
+  is taken, as in the authors' code, with respect to the *normalised* input u = (x − μ)/σ that
+  their networks read (μ, σ the dataset's per-channel normalisation, e.g. 0.1307 and 0.3081
+  on MNIST): ∂f/∂u = σ·∂f/∂x, so β1 is 1/σ times the pixel-coordinate value (3.25× on MNIST).
+  The pixel-coordinate β1 stays registered as the ``*-njs-raw`` attacks, to show how much the
+  convention matters. HNS is invariant to a uniform rescaling (one σ for every channel, as on
+  MNIST): it scales every Gram matrix J Jᵀ by σ², hence every grid point's squared Hessian norm
+  by σ⁴, so the arg-max β does not move; per-channel σ (CIFAR-10) would change it slightly.
 * :class:`HNSScaler` (Hessian Norm Scaling): per sample, once at the start point, the β of a
   100-point grid maximising ‖∂²ℓ/∂x²‖_F, computed exactly through the Gram identity
   ‖Jᵀ S J‖²_F = tr(S G S G), G = J Jᵀ (d × d); no N × N Hessian is ever formed.
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -110,58 +118,100 @@ def input_jacobian(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return logits_and_jacobian(model, x)[1]
 
 
-def jacobian_singular_values(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """All d singular values of each sample's Jacobian, ``(B, d)``, model in eval mode."""
+def jacobian_singular_values(model: nn.Module, x: torch.Tensor,
+                             std: Sequence[float] | None = None) -> torch.Tensor:
+    """All d singular values of each sample's Jacobian, ``(B, d)``, model in eval mode.
+
+    With ``std`` (one σ per input channel) the Jacobian is taken with respect to the
+    normalised input u = (x − μ)/σ: each channel's columns of ∂f/∂x are multiplied by its σ.
+    """
     was_training = _eval_mode(model)
     try:
-        return torch.linalg.svdvals(input_jacobian(model, x))
+        jac = input_jacobian(model, x)
+        if std is not None:
+            jac = jac * channel_scale(std, x).to(jac.dtype)
+        return torch.linalg.svdvals(jac)
     finally:
         model.train(was_training)
+
+
+def channel_scale(std: Sequence[float], x: torch.Tensor) -> torch.Tensor:
+    """Each flattened input coordinate's σ ``(N,)``, for inputs ``x`` ``(B, C, …)`` and one σ
+    per channel (the Jacobian's columns run channel by channel)."""
+    sigma = [float(s) for s in std]
+    if len(sigma) != x.shape[1] or not all(math.isfinite(s) and s > 0 for s in sigma):
+        raise ValueError(f"std must hold one positive σ per input channel ({x.shape[1]}), "
+                         f"got {list(std)}")
+    per_channel = x[0].numel() // x.shape[1]
+    return torch.tensor(sigma, device=x.device).repeat_interleave(per_channel)
 
 
 # --------------------------------------------------------------------------------------------
 # NJS
 
-_NJS_BETA1: weakref.WeakKeyDictionary[nn.Module, float] = weakref.WeakKeyDictionary()
+#: the coordinates NJS takes its Jacobian in: ``normalised`` (with respect to (x − μ)/σ, the
+#: dataset's normalisation, as the reference code does) or ``pixel`` (with respect to x ∈ [0, 1])
+NJS_COORDS = ("normalised", "pixel")
+
+_NJS_BETA1: weakref.WeakKeyDictionary[nn.Module, dict[str, float]] = \
+    weakref.WeakKeyDictionary()
 
 
-def njs_beta1(model: nn.Module, x_ref: torch.Tensor | None = None, *, n_ref: int = NJS_N_REF,
+def njs_beta1(model: nn.Module, x_ref: torch.Tensor | None = None, *,
+              std: Sequence[float] | None = None, n_ref: int = NJS_N_REF,
               recompute: bool = False) -> float:
     """NJS β1 of ``model``: 1 / mean of all Jacobian singular values over ``x_ref[:n_ref]``.
 
-    Computed once per model object and cached (weakly keyed by the model; a wrapper whose only
+    ``std`` (one σ per input channel, the dataset's normalisation) gives β1 in ``normalised``
+    coordinates, the reference's; without it, in ``pixel`` coordinates. Computed once per
+    model object and coordinates and cached (weakly keyed by the model; a wrapper whose only
     child is a cached model reuses its value): later calls return the cached value whatever
-    ``x_ref`` they pass, unless ``recompute``. Call it with the first
-    101 test images before attacking to pin the paper's calibration; otherwise the first NJS
-    attack on the model calibrates on its own batch (see :class:`NJSScaler`). A model whose
-    Jacobian vanishes everywhere gets β1 = 1 (no gradient to restore). Retraining a model in
-    place does not invalidate the cache: pass ``recompute=True`` then.
+    ``x_ref`` they pass, unless ``recompute``. Call it with the first 101 test images before
+    attacking to pin the paper's calibration (``bench.calibrate`` does, in both coordinates);
+    otherwise the first pixel-coordinate NJS attack on the model calibrates on its own batch
+    (see :class:`NJSScaler`). A model whose Jacobian vanishes everywhere gets β1 = 1 (no
+    gradient to restore). Retraining a model in place does not invalidate the cache: pass
+    ``recompute=True`` then.
     """
-    cached = None if recompute else cached_njs_beta1(model)
+    coords = "pixel" if std is None else "normalised"
+    cached = None if recompute else cached_njs_beta1(model, coords)
     if cached is not None:
         return cached
     if x_ref is None or len(x_ref) == 0:
         raise ValueError(f"NJS β1 of this model is not cached yet: pass reference inputs "
                          f"(the first {n_ref} test images)")
-    mean_sv = float(jacobian_singular_values(model, x_ref[:n_ref]).double().mean())
+    mean_sv = float(jacobian_singular_values(model, x_ref[:n_ref], std).double().mean())
     beta1 = 1.0 / mean_sv if math.isfinite(mean_sv) and mean_sv > 0 else 1.0
-    _NJS_BETA1[model] = beta1
+    _NJS_BETA1.setdefault(model, {})[coords] = beta1
     return beta1
 
 
-def cached_njs_beta1(model: nn.Module) -> float | None:
-    """The cached NJS β1 of ``model``, or None.
+def cached_njs_beta1(model: nn.Module, coords: str = "normalised") -> float | None:
+    """The cached NJS β1 of ``model`` in ``coords`` (see :data:`NJS_COORDS`), or None.
 
     Transparent wrappers share their model's β1: when ``model`` itself is not cached, its
     chain of only children is searched (e.g. the runner's ``CountingModel(model)``).
     """
     module: nn.Module | None = model
     while module is not None:
-        if module in _NJS_BETA1:
-            return _NJS_BETA1[module]
+        if coords in _NJS_BETA1.get(module, {}):
+            return _NJS_BETA1[module][coords]
         children = list(module.children())
         module = children[0] if len(children) == 1 else None
     return None
+
+
+def calibrated_njs_beta1(model: nn.Module) -> float:
+    """The model's cached normalised-coordinate NJS β1; a ValueError that says how to
+    calibrate it when there is none (it needs the dataset's σ, which a model does not know)."""
+    beta1 = cached_njs_beta1(model, "normalised")
+    if beta1 is None:
+        raise ValueError(
+            "NJS β1 in normalised coordinates is not calibrated for this model: call "
+            "attacks.pgdpp.njs_beta1(model, x_ref, std=...) with the first 101 test images and "
+            "the dataset's per-channel σ first (bench.calibrate.calibrate does it for zoo "
+            "datasets), or use coords='pixel' (the *-njs-raw attacks)")
+    return beta1
 
 
 def njs_beta(logits: torch.Tensor, y: torch.Tensor, beta1: float,
@@ -183,24 +233,35 @@ def njs_beta(logits: torch.Tensor, y: torch.Tensor, beta1: float,
 class NJSScaler(LogitScaler):
     """Network Jacobian Scaling: β1 per model, times β2 per sample and step when saturated.
 
-    β1 is ``beta1`` when given, else the model's cached :func:`njs_beta1`, else computed (and
-    cached) from the first ≤ 101 points of the batch being attacked, at their random starts.
+    β1 is ``beta1`` when given, else the model's cached :func:`njs_beta1` in ``coords``. In
+    pixel coordinates an uncalibrated model is calibrated on the first ≤ 101 points of the
+    batch being attacked, at their random starts; normalised coordinates need the dataset's σ,
+    so such a model must be calibrated first (``bench.calibrate`` does it for zoo datasets).
     """
 
     name = "njs"
+    #: 2: β1 in normalised coordinates by default (1: pixel coordinates, now ``coords="pixel"``)
+    version = 2
 
     def __init__(self, *, rho: float = NJS_RHO, beta1: float | None = None,
-                 n_ref: int = NJS_N_REF) -> None:
+                 n_ref: int = NJS_N_REF, coords: str = "normalised") -> None:
         if not 0 < rho < 1:
             raise ValueError(f"rho must lie in (0, 1), got {rho}")
         if beta1 is not None and not (math.isfinite(beta1) and beta1 > 0):
             raise ValueError(f"beta1 must be a positive number, got {beta1}")
+        if coords not in NJS_COORDS:
+            raise ValueError(f"coords must be one of {NJS_COORDS}, got {coords!r}")
         self.rho = float(rho)
         self.beta1 = None if beta1 is None else float(beta1)
         self.n_ref = int(n_ref)
+        self.coords = coords
 
     def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-        beta1 = self.beta1 if self.beta1 is not None else njs_beta1(model, x, n_ref=self.n_ref)
+        beta1 = self.beta1
+        if beta1 is None and self.coords == "pixel":
+            beta1 = njs_beta1(model, x, n_ref=self.n_ref)
+        elif beta1 is None:
+            beta1 = calibrated_njs_beta1(model)
         return {"beta1": beta1, "betas": []}
 
     def factor(self, logits: torch.Tensor, y: torch.Tensor, state: dict[str, Any]
@@ -221,7 +282,8 @@ class NJSScaler(LogitScaler):
                 "beta2_share": float(rescaled.double().mean())}
 
     def config(self) -> dict[str, Any]:
-        return {"scaler": self.name, "rho": self.rho, "beta1": self.beta1, "n_ref": self.n_ref}
+        return {"scaler": self.name, "rho": self.rho, "beta1": self.beta1, "n_ref": self.n_ref,
+                "coords": self.coords, "version": self.version}
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,11 +408,13 @@ def make_scaler(scaler: str | LogitScaler | None) -> LogitScaler:
         return LogitScaler()
     if scaler == "njs":
         return NJSScaler()
+    if scaler == "njs-raw":
+        return NJSScaler(coords="pixel")
     if scaler == "hns":
         return HNSScaler()
     if scaler.startswith("beta"):
         return FixedTemperature(float(scaler[4:]))
-    raise ValueError(f"unknown scaler {scaler!r}; allowed: none, njs, hns, beta<value>")
+    raise ValueError(f"unknown scaler {scaler!r}; allowed: none, njs, njs-raw, hns, beta<value>")
 
 
 def scaled_gradient_attack(*, scaler: str | LogitScaler | None = "none",
@@ -369,8 +433,12 @@ _BASES: dict[str, tuple[dict[str, Any], str]] = {
                "PGD L2: random start, 20 normalised-gradient steps of ε/8"),
 }
 _SCALER_TEXT = {
-    "njs": "CE on NJS-scaled logits (β1 = 1/mean Jacobian singular value per model, β2 per "
-           "sample and step when 1 − p_y ≤ 0.01)",
+    "njs": "CE on NJS-scaled logits (β1 = 1/mean singular value of the Jacobian with respect "
+           "to the dataset-normalised input, as the authors' code; β2 per sample and step "
+           "when 1 − p_y ≤ 0.01)",
+    "njs-raw": "CE on NJS-scaled logits with β1 from the Jacobian with respect to [0, 1] pixels "
+               "(1/σ times smaller than the reference's: σ = 0.3081 on MNIST); otherwise as "
+               "-njs",
     "hns": "CE on HNS-scaled logits (per-sample β maximising the Hessian norm at the start)",
     "beta0.1": "CE on logits times a fixed β = 0.1 (the paper's heuristic)",
 }

@@ -14,7 +14,8 @@ attack's name. Families, in the order the boards group their columns:
   with a solver on the exact integer network (the MILP oracle).
 
 ``base`` names the attack a variant belongs to (``pgd-linf`` for ``pgd-linf-njs``), ``scaler``
-the temperature (``none``, ``njs``, ``hns``, ``fixed``), ``applies_to`` the model cards the
+the temperature (``none``, ``njs``, ``njs-raw`` for NJS with β1 in pixel coordinates,
+``hns``, ``fixed``), ``applies_to`` the model cards the
 attack can run on (card field → shell-style pattern; empty: every model). The readers of
 recorded traits live in :mod:`results.board` (which must not import torch).
 """
@@ -26,7 +27,7 @@ from typing import Any
 
 FAMILIES = ("gradient", "gradient-temperature", "minimum-norm", "gradient-free",
             "combinatorial", "exact")
-SCALERS = ("none", "njs", "hns", "fixed")
+SCALERS = ("none", "njs", "njs-raw", "hns", "fixed")
 
 
 @dataclass(frozen=True)

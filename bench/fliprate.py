@@ -38,7 +38,7 @@ import attacks.iprop  # noqa: F401 - registers "iprop" even where attacks/__init
 import attacks.milp  # noqa: F401 - registers "milp-linf"
 import zoo
 from attacks import attack_spec, create_attack, list_attacks
-from attacks.pgdpp import NJS_N_REF, njs_beta1
+from bench.calibrate import calibrate
 
 DEFAULT_MODELS = ("mnist5k-mlp5x100-bnn-waq", "mnist5k-mlp3x512-bnn-waq")
 DEFAULT_ATTACKS = ("iprop", "pgd-linf", "pgd-linf-njs", "pgd-linf-hns", "milp-linf")
@@ -97,7 +97,7 @@ def flip_rate_sweep(model_names: Sequence[str], attack_names: Sequence[str],
         model, _ = zoo.get_model(model_name, device=device, progress=progress)
         dataset = zoo.model_spec(model_name).dataset
         data = zoo.load_dataset(dataset)
-        njs_beta1(model, data.test_x[:NJS_N_REF].to(device), recompute=True)  # as the runner
+        calibrate(model, data, device)  # NJS β1 on the first 101 test images, as the runner
         x, y = data.test_subset(n)
         x, y = x.to(device), y.to(device)
         with torch.no_grad():

@@ -24,13 +24,19 @@ from tqdm.auto import tqdm
 from attacks import check_eps, create_attack, list_attacks
 from attacks.base import AttackResult, MinimumNormAttack
 from bench import provenance
-from bench.calibrate import calibrate, diagnostics
+from bench.calibrate import DIAGNOSTICS_VERSION, calibrate, diagnostics
 from bench.instrument import CountingModel
 from bench.suites import LimitRules, limit_rules
 from bench.verify import predict, verify
 from results import CellRecord, ModelRecord, cells_path, latest_cells, models_path
 from results.schema import RecordError, finite
-from results.store import CellLog, append_model, latest_models, latest_models_in
+from results.store import (
+    CellLog,
+    append_model,
+    is_current_model_record,
+    latest_models,
+    latest_models_in,
+)
 from zoo import get_model, list_models, load_dataset, model_spec, tensor_sha256
 from zoo.data import Dataset, dataset_info
 from zoo.errors import BadEpsilonError, QBenchError, match_names
@@ -544,13 +550,13 @@ class Recorder:
 
     def wants_model_record(self, name: str, sha: str) -> bool:
         """Whether the model's record (card, clean accuracy, diagnostics) is to be written:
-        none of these weights and n is recorded yet (re-read: another process may have)."""
+        none of these weights, n and diagnostics version is recorded yet (re-read: another
+        process may have)."""
         if self.force:
             return True
         self.known_models.update(latest_models_in(self.mpath))
-        prev = self.known_models.get(name)
-        return (prev is None or prev.model_sha256 != sha or prev.n != self.grid.n
-                or not prev.diagnostics)
+        return not is_current_model_record(self.known_models.get(name), sha, self.grid.n,
+                                           DIAGNOSTICS_VERSION)
 
     def model_done(self, name: str, sha: str, describe: Callable[[], ModelRecord]) -> None:
         """Write the model's record; ``describe`` computes it, in one process of those that

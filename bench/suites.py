@@ -126,8 +126,8 @@ MNIST_LIMITS = (
 ORACLE_MODELS = "mnist5k-mlp3x50-bnn-waq,mnist5k-mlp5x100-bnn-waq"
 ORACLE_EPS = {"linf": [0.01, 0.02]}
 ORACLE_ATTACKS = (
-    "milp-linf", "fgsm", "pgd-linf", "pgd-linf-njs", "pgd-linf-hns", "pgd-linf-r5", "apgd-ce",
-    "apgd-dlr", "deepfool-linf", "square", "iprop",
+    "milp-linf", "fgsm", "pgd-linf", "pgd-linf-njs", "pgd-linf-njs-raw", "pgd-linf-hns",
+    "pgd-linf-r5", "apgd-ce", "apgd-dlr", "deepfool-linf", "square", "iprop",
 )
 ORACLE_LIMITS = (
     ("*", Limit(n=200, models="mnist5k-mlp5x100-bnn-waq")),
@@ -140,7 +140,8 @@ ORACLE_LIMITS = (
 FASHION_EPS = {"linf": [0.05, 0.1, 0.2], "l2": [0.5, 1.0, 1.5]}
 FASHION_ATTACKS = (
     "fgsm", "pgd-linf", "pgd-l2", "fgsm-njs", "fgsm-hns", "pgd-linf-njs", "pgd-linf-hns",
-    "pgd-l2-njs", "pgd-l2-hns", "pgd-linf-r5", "deepfool-*", "apgd-ce", "apgd-dlr", "square",
+    "pgd-l2-njs", "pgd-l2-hns", "fgsm-njs-raw", "pgd-linf-njs-raw", "pgd-l2-njs-raw",
+    "pgd-linf-r5", "deepfool-*", "apgd-ce", "apgd-dlr", "square",
 )
 FASHION_CONVNETS = "fashion-mnist-convnet-*"
 FASHION_LIMITS = (
@@ -157,7 +158,8 @@ FASHION_LIMITS = (
 CIFAR_EPS = {"linf": [8 / 255], "l2": [120 / 255]}
 CIFAR_ATTACKS = (
     "fgsm", "pgd-linf", "pgd-l2", "fgsm-njs", "fgsm-hns", "pgd-linf-njs", "pgd-linf-hns",
-    "pgd-l2-njs", "pgd-l2-hns", "fgsm-beta0.1", "pgd-linf-beta0.1", "pgd-linf-r5",
+    "pgd-l2-njs", "pgd-l2-hns", "pgd-linf-njs-raw", "fgsm-beta0.1", "pgd-linf-beta0.1",
+    "pgd-linf-r5",
     "apgd-ce", "apgd-dlr", "square", "autoattack", "deepfool-*", "bba-*",
 )
 CIFAR_LIMITS = {

@@ -41,6 +41,7 @@ from attacks import create_attack  # noqa: E402
 from attacks.pgdpp import njs_beta1  # noqa: E402
 from benchmarks.peers import floor  # noqa: E402
 from zoo.cifar import resnet18  # noqa: E402
+from zoo.data import dataset_info  # noqa: E402
 
 EPS = 8 / 255
 VARIANTS = ("fp32", "channels-last", "amp-bf16", "compile")
@@ -75,7 +76,8 @@ def prepared(quant: str, variant: str, device: str) -> nn.Module:
 def attacks_for(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
                 ) -> dict[str, Callable[[], object]]:
     out: dict[str, Callable[[], object]] = {"floor": partial(floor, model, x, y, steps)}
-    njs_beta1(model, x[:101], recompute=True)  # per model, once: not part of an attack's time
+    # per model, once: not part of an attack's time (CIFAR-10-shaped inputs)
+    njs_beta1(model, x[:101], std=dataset_info("cifar10").std, recompute=True)
     for name in ("pgd-linf", "pgd-linf-njs", "pgd-linf-hns"):
         attack = create_attack(name)
         if steps != attack.steps:  # smoke runs only; the registered attacks take 20 steps

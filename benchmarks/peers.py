@@ -77,6 +77,7 @@ def runs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = EPS
     """One zero-argument callable per name (names whose library is missing are left out)."""
     from attacks import create_attack
     from attacks.pgdpp import njs_beta1
+    from zoo.data import dataset_info
 
     out: dict[str, Callable[[], object]] = {}
     for name in names:
@@ -84,7 +85,8 @@ def runs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = EPS
             out[name] = partial(floor, model, x, y)
         elif name in OURS:
             if name == "pgd-njs":
-                njs_beta1(model, x[:101])  # per model, once: not part of an attack's time
+                # per model, once: not part of an attack's time (the suites' MNIST inputs)
+                njs_beta1(model, x[:101], std=dataset_info("mnist5k").std)
             attack = create_attack(name.replace("pgd", "pgd-linf", 1))
             gen = torch.Generator().manual_seed(0)
             out[name] = partial(attack, model, x, y, eps=eps, generator=gen)

@@ -50,7 +50,7 @@ _GROUP = {"gradient": 0, "gradient-temperature": 0, "minimum-norm": 1, "gradient
           "combinatorial": 3, "exact": 4}
 #: Bases whose columns come first, in this order
 BASE_ORDER = ("pgd-linf", "pgd-l2", "fgsm")
-_SCALER_ORDER = {"njs": 1, "hns": 2, "fixed": 3}
+_SCALER_ORDER = {"njs": 1, "hns": 2, "njs-raw": 3, "fixed": 4}
 
 
 # ------------------------------------------------------------------ traits
@@ -72,7 +72,9 @@ def traits_from_config(config: dict[str, Any] | None) -> tuple[dict[str, Any], s
     if cls in ("GradientAttack", "FlooredL2PGD"):
         sc = config.get("scaler")
         name = sc.get("scaler") if isinstance(sc, dict) else "none"
-        scaler = name if name in ("njs", "hns", "fixed") else "none"
+        if name == "njs" and sc.get("coords") == "pixel":
+            name = "njs-raw"  # NJS with β1 in pixel coordinates
+        scaler = name if name in _SCALER_ORDER else "none"
         family = "gradient" if scaler == "none" else "gradient-temperature"
         base = "fgsm" if config.get("steps") == 1 else f"pgd-{norm}"
     elif cls == "DeepFool":

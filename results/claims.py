@@ -4,13 +4,20 @@ Gupta & Ajanthan, "Improved Gradient based Adversarial Attacks for Quantized Net
 (AAAI 2022) make five claims that the default suite can test on MNIST-sized models. Each claim
 is evaluated from the recorded cells of each model's current run (:func:`results.bestknown.
 current_runs`), with the attacks chosen by their recorded traits (family, base, scaler), never
-by name, and the verdict is ``holds``, ``partly`` (some of the comparisons behind it hold) or
-``does not hold``; every comparison is listed with its numbers.
+by name; every comparison is listed with its numbers.
 
-Two cells are compared on the test points both cover (a suite runs some attacks on the first
-points only): robust accuracy over the first ``min(n)`` points of each. Models are read from
-their cards: BNNs are ``bnn-wq`` and ``bnn-waq``, float models ``ref``; adversarially trained
-models are left out (the paper's claims are about normally trained networks).
+Every comparison is paired: two cells on the test points both cover (a suite runs some attacks
+on the first points only), compared point by point with the exact sign test on the points only
+one of them broke (:mod:`results.paired`, α = 0.05). A comparison ``holds`` when the difference
+goes the claimed way and is significant, ``fails`` when it is significant the other way, and is
+a ``tie`` otherwise: one test point more or less never flips a verdict. "About 0" is judged
+against best-known (the per-sample minimum over every attack on those points): PGD++ takes a
+model to about 0 when it leaves no significantly more points standing than best-known does.
+A claim ``holds`` when no comparison fails and every one holds (ties count as holding for the
+"as strong as" claim), ``does not hold`` when every comparison fails, is ``inconclusive`` when
+every comparison is a tie, and holds ``partly`` otherwise. Models are read from their cards:
+BNNs are ``bnn-wq`` and ``bnn-waq``, float models ``ref``; adversarially trained models are
+left out (the paper's claims are about normally trained networks).
 """
 
 from __future__ import annotations
@@ -19,17 +26,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from results.bestknown import current_runs
+from results.bestknown import best_known, current_runs
 from results.board import traits_from_config
+from results.paired import Paired, paired
 
-#: "about 0": at most this robust accuracy
-ABOUT_ZERO = 0.02
 #: PGD "does not" take a model to about 0: it leaves more than this
 PGD_LEAVES = 0.10
-#: a difference within this is a tie (not a win)
-TIE = 0.0
+#: the outcomes of one comparison, in the claim's terms
+OUTCOMES = ("holds", "tie", "fails")
 
 
 @dataclass(frozen=True)
@@ -37,8 +44,12 @@ class Comparison:
     model: str
     eps: float
     norm: str
-    text: str  # the numbers, e.g. "PGD 3.5% vs PGD++ 2.1%"
-    holds: bool
+    text: str  # the numbers, e.g. "PGD 3.5% vs PGD++ 2.1% (12 vs 3 discordant points, p = 0.04)"
+    outcome: str  # one of OUTCOMES
+
+    @property
+    def holds(self) -> bool:
+        return self.outcome == "holds"
 
 
 @dataclass(frozen=True)
@@ -48,19 +59,39 @@ class Claim:
     where: str  # where the paper makes it
     test: str  # how the records test it
     comparisons: list[Comparison] = field(default_factory=list)
+    #: ties count as holding ("as strong as" claims)
+    ties_hold: bool = False
+
+    def count(self, outcome: str) -> int:
+        return sum(c.outcome == outcome for c in self.comparisons)
 
     @property
     def verdict(self) -> str:
-        if not self.comparisons:
+        total, fails, ties = len(self.comparisons), self.count("fails"), self.count("tie")
+        if not total:
             return "not tested"
-        ok = sum(c.holds for c in self.comparisons)
-        if ok == len(self.comparisons):
+        if fails == total:
+            return "does not hold"
+        if ties == total and not self.ties_hold:
+            return "inconclusive"
+        if fails == 0 and (self.ties_hold or ties == 0):
             return "holds"
-        return "partly" if ok else "does not hold"
+        return "partly"
 
     @property
     def score(self) -> str:
-        return f"{sum(c.holds for c in self.comparisons)} of {len(self.comparisons)}"
+        return (f"{self.count('holds')} hold, {self.count('tie')} tie, "
+                f"{self.count('fails')} fail of {len(self.comparisons)}")
+
+
+def outcome(test: Paired, claimed: str) -> str:
+    """A paired test in a claim's terms: ``claimed`` is what the claim says of its first
+    vector (``stronger``: it leaves fewer points standing; ``tie``: it is no weaker)."""
+    if claimed == "tie":
+        return "fails" if test.outcome == "weaker" else "holds"
+    if test.outcome == "tie":
+        return "tie"
+    return "holds" if test.outcome == claimed else "fails"
 
 
 def _pct(v: float) -> str:
@@ -72,6 +103,7 @@ class _Cells:
 
     def __init__(self, cells: pd.DataFrame, models: pd.DataFrame) -> None:
         ok = current_runs(cells[cells["status"] == "ok"]) if len(cells) else cells
+        self.best = _best_known_vectors(ok) if len(ok) else {}
         self.rows = []
         for r in ok.itertuples():
             traits, _ = traits_from_config(r.attack_config)
@@ -104,9 +136,26 @@ def _tempered(base: str) -> Callable[[Any, dict], bool]:
                          and t.get("scaler") in ("njs", "hns"))
 
 
-def _on_common(a: Any, b: Any) -> tuple[float, float, int]:
-    n = min(int(a.n), int(b.n))
-    return sum(a.robust[:n]) / n, sum(b.robust[:n]) / n, n
+def _vs(a: Any, b: Any) -> Paired:
+    """Cell ``a`` against cell ``b`` on their common points."""
+    return paired(a.robust, b.robust)
+
+
+def _numbers(la: str, lb: str, t: Paired) -> str:
+    """'PGD 3.5% vs PGD++ 2.1% (first 200 points; 12 vs 3 discordant points, p = 0.04)'."""
+    return (f"{la} {_pct(t.a_acc)} vs {lb} {_pct(t.b_acc)} ({t.n} points; {t.counts()})")
+
+
+def _best_known_vectors(cells: pd.DataFrame) -> dict[tuple, list[int]]:
+    """(suite, model, norm, ε) → per-sample robust flags of best-known (1: no attack broke it)."""
+    out = {}
+    for r in best_known(cells).itertuples():
+        group = cells[(cells["suite"] == r.suite) & (cells["model"] == r.model)
+                      & (cells["norm"] == r.norm) & (cells["eps"] == r.eps) & (cells["n"] == r.n)]
+        clean = np.array(group["clean_correct"].iloc[0], dtype=bool)
+        standing = np.array([b == "" for b in r.broken_by], dtype=bool)
+        out[(r.suite, r.model, r.norm, float(r.eps))] = (clean & standing).astype(int).tolist()
+    return out
 
 
 def _best_tempered(c: _Cells, base: str) -> dict[tuple, Any]:
@@ -145,30 +194,32 @@ def paper_claims(cells: pd.DataFrame, models: pd.DataFrame, *, norm: str = "linf
         for q in ("bnn-wq", "bnn-waq"):
             if ref is None or q not in group:
                 continue
-            b, f, _ = _on_common(group[q], ref)
-            comps.append(Comparison(group[q].model, eps, norm,
-                                    f"PGD leaves {_pct(b)} on {arch} {q}, {_pct(f)} on {arch} "
-                                    "ref", b > f + TIE))
+            t = _vs(ref, group[q])  # PGD "stronger" on the float net: the BNN looks robust
+            comps.append(Comparison(group[q].model, eps, norm, "PGD leaves " + _numbers(
+                f"{arch} ref", f"{arch} {q}", t), outcome(t, "stronger")))
     claims.append(Claim("bnn-look-robust", "BNNs look more robust than float networks under "
                         "PGD", "Sec. 1 and Table 1",
                         f"PGD robust accuracy at {label}, each BNN against the float network "
-                        "of the same architecture", comps))
+                        "of the same architecture on the same test points: does PGD leave "
+                        "significantly more standing on the BNN?", comps))
 
     # 2. PGD++ takes BNNs to about 0 where PGD does not
     comps = []
     for key, cell in sorted(pgd.items()):
-        if c.quant(key[0], key[1]) not in ("bnn-wq", "bnn-waq") or key not in pp:
+        if c.quant(key[0], key[1]) not in ("bnn-wq", "bnn-waq") or key not in pp \
+                or key not in c.best:
             continue
-        p, q, _ = _on_common(cell, pp[key])
-        if p <= PGD_LEAVES:
+        if cell.robust_acc <= PGD_LEAVES:
             continue  # PGD already breaks it: nothing for PGD++ to show
-        comps.append(Comparison(key[1], eps, norm, f"PGD {_pct(p)}, PGD++ ({pp[key].attack}) "
-                                f"{_pct(q)}", q <= ABOUT_ZERO))
+        t = paired(pp[key].robust, c.best[key])
+        comps.append(Comparison(key[1], eps, norm, f"PGD {_pct(cell.robust_acc)}; " + _numbers(
+            f"PGD++ ({pp[key].attack})", "best-known", t), outcome(t, "tie")))
     claims.append(Claim("pgdpp-to-zero", "PGD++ takes BNNs to about 0% where PGD does not",
                         "Sec. 6, Table 2",
                         f"at {label}, every normally trained BNN on which PGD leaves more than "
-                        f"{_pct(PGD_LEAVES)}: does PGD++ (the better of NJS and HNS) leave at "
-                        f"most {_pct(ABOUT_ZERO)}?", comps))
+                        f"{_pct(PGD_LEAVES)}: does PGD++ (the better of NJS and HNS) leave no "
+                        "significantly more points standing than best-known (every attack "
+                        "together)?", comps))
 
     # 3. PGD++ beats APGD-DLR, Square, DeepFool and BBA on BNNs
     others = {
@@ -183,14 +234,14 @@ def paper_claims(cells: pd.DataFrame, models: pd.DataFrame, *, norm: str = "linf
         for key, cell in sorted(pp.items()):
             if c.quant(key[0], key[1]) not in ("bnn-wq", "bnn-waq") or key not in cells_o:
                 continue
-            p, o, n = _on_common(cell, cells_o[key])
-            comps.append(Comparison(key[1], eps, norm, f"PGD++ {_pct(p)} vs {other} "
-                                    f"{_pct(o)} (first {n} points)", p <= o - TIE))
+            t = _vs(cell, cells_o[key])
+            comps.append(Comparison(key[1], eps, norm, _numbers("PGD++", other, t),
+                                    outcome(t, "stronger")))
     claims.append(Claim("pgdpp-beats-others", "PGD++ is as strong as or stronger than "
                         "APGD-DLR, Square, DeepFool and BBA on BNNs", "Sec. 6, Table 4",
                         f"at {label}, on every normally trained BNN: PGD++ (the better of NJS "
-                        "and HNS) leaves at most the robust accuracy of each other attack, on "
-                        "the test points both ran on", comps))
+                        "and HNS) against each other attack, on the test points both ran on "
+                        "(a tie is as strong)", comps, ties_hold=True))
 
     # 4. FGSM++ beats FGSM (every ε of the norm)
     comps = []
@@ -200,13 +251,13 @@ def paper_claims(cells: pd.DataFrame, models: pd.DataFrame, *, norm: str = "linf
         if key[2] != norm or c.quant(key[0], key[1]) not in ("bnn-wq", "bnn-waq") \
                 or key not in fpp:
             continue
-        f, q, _ = _on_common(cell, fpp[key])
-        comps.append(Comparison(key[1], key[3], norm, f"ε = {key[3]:g}: FGSM {_pct(f)}, "
-                                f"FGSM++ ({fpp[key].attack}) {_pct(q)}", q < f - TIE))
+        t = _vs(fpp[key], cell)
+        comps.append(Comparison(key[1], key[3], norm, f"ε = {key[3]:g}: " + _numbers(
+            f"FGSM++ ({fpp[key].attack})", "FGSM", t), outcome(t, "stronger")))
     claims.append(Claim("fgsmpp-beats-fgsm", "FGSM++ beats FGSM on BNNs", "Sec. 6, Table 2",
                         f"every recorded {'L∞' if norm == 'linf' else 'L2'} ε, every normally "
-                        "trained BNN: FGSM++ (the better of NJS and HNS) leaves less than "
-                        "FGSM", comps))
+                        "trained BNN: FGSM++ (the better of NJS and HNS) leaves significantly "
+                        "less than FGSM", comps))
 
     # 5. PGD++ flips more points than IPROP at every ε (BNN-WAQ MLPs)
     comps = []
@@ -215,12 +266,11 @@ def paper_claims(cells: pd.DataFrame, models: pd.DataFrame, *, norm: str = "linf
     for key, cell in sorted(iprop.items()):
         if key not in ppl:
             continue
-        i, p, n = _on_common(cell, ppl[key])
-        comps.append(Comparison(key[1], key[3], "linf", f"ε = {key[3]:g}: IPROP leaves "
-                                f"{_pct(i)}, PGD++ ({ppl[key].attack}) {_pct(p)}", p < i - TIE
-                                or (p == i == 0)))
+        t = _vs(ppl[key], cell)
+        comps.append(Comparison(key[1], key[3], "linf", f"ε = {key[3]:g}: " + _numbers(
+            f"PGD++ ({ppl[key].attack})", "IPROP", t), outcome(t, "stronger")))
     claims.append(Claim("pgdpp-beats-iprop", "PGD++ flips more points than IPROP at every ε",
                         "appendix, Fig. 2",
-                        "every L∞ ε recorded for IPROP (BNN-WAQ MLPs): PGD++ leaves less robust "
-                        "accuracy than IPROP (both at 0 counts as a tie that holds)", comps))
+                        "every L∞ ε recorded for IPROP (BNN-WAQ MLPs): PGD++ leaves "
+                        "significantly less robust accuracy than IPROP", comps))
     return claims

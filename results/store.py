@@ -250,14 +250,23 @@ class CellLog:
             os.close(fd)
 
 
+def is_current_model_record(prev: ModelRecord | None, sha: str, n: int,
+                            diagnostics_version: object) -> bool:
+    """Whether ``prev`` already describes weights ``sha`` on ``n`` points, with diagnostics of
+    ``diagnostics_version`` (``bench.calibrate.DIAGNOSTICS_VERSION``)."""
+    return (prev is not None and prev.model_sha256 == sha and prev.n == n
+            and bool(prev.diagnostics) and prev.diagnostics.get("version") == diagnostics_version)
+
+
 def append_model(path: Path, record: ModelRecord) -> bool:
-    """Append a model record unless one of the same weights, n and diagnostics is the latest."""
+    """Append a model record unless one of the same weights, n and diagnostics version is the
+    latest."""
     line = _encode(record)
     with locked(path):
         repair_tail(path)
         prev = latest_models_in(path).get(record.model)
-        if (prev is not None and prev.model_sha256 == record.model_sha256
-                and prev.n == record.n and prev.diagnostics):
+        if is_current_model_record(prev, record.model_sha256, record.n,
+                                   (record.diagnostics or {}).get("version")):
             return False
         _write(path, line)
     return True

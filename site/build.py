@@ -21,6 +21,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from leaderboard import data, plots
 
 from results.board import attack_columns
+from results.paired import ALPHA
 
 HERE = Path(__file__).resolve().parent
 
@@ -168,7 +169,8 @@ def build_site(records_root: Path | None, out_dir: Path) -> Path:
     write("attacks.html", "attacks.html", attacks=attack_rows, matrix=gap_matrix,
           cost_plot=figures["attacks"], provenance=everything)
     summaries = {m["model"]: m for s in suites for m in s["matrix"]}
-    write("paper.html", "paper.html", claims=data.paper_claims(rec), provenance=everything)
+    write("paper.html", "paper.html", claims=data.paper_claims(rec), alpha=ALPHA,
+          provenance=everything)
     write("models.html", "models.html", pages=pages, summaries=summaries,
           provenance=data.provenance(rec.models, rec.cells))
     for p in pages:

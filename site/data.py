@@ -759,6 +759,6 @@ def paper_claims(rec: Records) -> list[dict]:
         out.append({"key": c.key, "claim": c.claim, "where": c.where, "test": c.test,
                     "verdict": c.verdict, "score": c.score,
                     "comparisons": [{"model": x.model, "file": model_file(x.model),
-                                     "text": x.text, "holds": x.holds}
+                                     "text": x.text, "outcome": x.outcome}
                                     for x in c.comparisons]})
     return out

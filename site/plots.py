@@ -13,7 +13,7 @@ from results.board import AttackColumn
 
 PALETTE = ["#1f4e8c", "#d1495b", "#2a9d8f", "#e9a23b", "#7b4fa0", "#6c8a2b", "#c2185b",
            "#3d7dca", "#8d6e63", "#00838f", "#ef6c00", "#546e7a"]
-STYLE = {"none": "-", "njs": "--", "hns": "-.", "fixed": ":"}
+STYLE = {"none": "-", "njs": "--", "hns": "-.", "njs-raw": (0, (1, 1)), "fixed": ":"}
 INK, MUTED, GRID = "#1b2230", "#5b6577", "#e3e7ee"
 
 

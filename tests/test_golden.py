@@ -30,8 +30,9 @@ SEED = 0
 #: 20-60 s to compile; DeepFool stands for the minimum-norm family).
 CELLS = [
     ("fgsm", 0.1), ("pgd-linf", 0.1), ("pgd-l2", 1.0), ("pgd-l2-floor", 1.0),
-    ("pgd-linf-njs", 0.1), ("pgd-linf-hns", 0.1), ("pgd-linf-beta0.1", 0.1),
-    ("pgd-linf-dlr", 0.1), ("apgd-ce", 0.1), ("deepfool-linf", 0.1), ("deepfool-l2", 1.0),
+    ("pgd-linf-njs", 0.1), ("pgd-linf-njs-raw", 0.1), ("pgd-linf-hns", 0.1),
+    ("pgd-linf-beta0.1", 0.1), ("pgd-linf-dlr", 0.1), ("apgd-ce", 0.1), ("deepfool-linf", 0.1),
+    ("deepfool-l2", 1.0),
     ("square", 0.1), ("iprop", 0.1),
 ]
 

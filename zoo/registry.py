@@ -112,6 +112,8 @@ def _static_card(spec: ModelSpec, model: nn.Module | None = None) -> dict:
         "name": spec.name,
         "dataset": spec.dataset,
         "input_shape": list(info.input_shape),
+        # the reference's normalisation of this dataset: the coordinates of NJS's Jacobian
+        "input_normalisation": info.normalisation(),
         "arch": spec.arch,
         "architecture": spec.architecture or spec.description,
         "quant": spec.quant,

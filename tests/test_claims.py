@@ -1,0 +1,122 @@
+"""Paired comparisons and the paper's claims: one test point more or less never flips a
+verdict, and "about 0" is judged against best-known, not a fixed threshold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from factories import make_cell
+
+import attacks
+import results
+from results.claims import OUTCOMES, Claim, Comparison, paper_claims
+from results.paired import ALPHA, paired, sign_test_p
+from results.schema import ModelRecord
+
+N = 1000
+
+
+def test_sign_test_p_values():
+    assert sign_test_p(0, 0) == 1.0
+    assert sign_test_p(0, 5) == pytest.approx(2 / 32)  # not significant at 0.05
+    assert sign_test_p(0, 6) == pytest.approx(2 / 64)  # significant
+    assert sign_test_p(3, 6) == 1.0
+    assert sign_test_p(6, 6) == sign_test_p(0, 6)
+    assert sign_test_p(40, 100) == pytest.approx(0.0569, abs=1e-4)
+
+
+def _vector(standing: set[int], n: int = N) -> list[int]:
+    return [int(i in standing) for i in range(n)]
+
+
+def test_paired_counts_only_discordant_points():
+    # the issue's example: 1.6% vs 1.5% on 1,000 points is a tie, not a loss
+    a = _vector(set(range(16)))
+    b = _vector(set(range(5)) | set(range(16, 26)))
+    t = paired(a, b)
+    assert (t.n, t.a_robust, t.b_robust, t.only_a_broke, t.only_b_broke) == (N, 16, 15, 10, 11)
+    assert t.outcome == "tie" and t.p > ALPHA
+    strong = paired(_vector(set()), _vector(set(range(10))))  # a broke 10 points b did not
+    assert strong.outcome == "stronger" and strong.p < ALPHA
+    assert paired(_vector(set(range(10))), _vector(set())).outcome == "weaker"
+    assert paired([1, 0, 1], [1, 1, 1, 0, 0]).n == 3  # the common prefix only
+
+
+def _cell(model: str, attack: str, standing: set[int], *, eps: float = 0.1, n: int = N):
+    robust = _vector(standing, n)
+    return make_cell(key=f"{model}-{attack}-{eps}", suite="s", model=model, attack=attack,
+                     attack_config=attacks.create_attack(attack).config(), eps=eps, n=n,
+                     n_attacked=n, clean_acc=1.0, robust_acc=sum(robust) / n, robust=robust,
+                     clean_correct=[1] * n, model_sha256=f"sha-{model}",
+                     seconds_per_sample=0.001)
+
+
+def _claims(tmp_path: Path, cells: list, quants: dict[str, str]) -> dict[str, Claim]:
+    for c in cells:
+        results.append(results.cells_path("s", tmp_path), c)
+    for model, quant in quants.items():
+        results.append(results.models_path("s", tmp_path), ModelRecord(
+            suite="s", dataset="digits", model=model, model_sha256=f"sha-{model}",
+            clean_acc=1.0, n=N, card={"arch": "mlp", "quant": quant}, diagnostics={}))
+    found = paper_claims(results.load(root=tmp_path), results.load_models(root=tmp_path))
+    return {c.key: c for c in found}
+
+
+def test_claim_verdicts_respect_sampling_noise(tmp_path):
+    pgd_waq = set(range(850))
+    cells = [
+        _cell("ref", "pgd-linf", set(range(10))),
+        _cell("waq", "pgd-linf", pgd_waq),
+        # PGD++ leaves 1.6%, APGD-DLR 1.5%: 10 vs 11 discordant points, a tie
+        _cell("waq", "pgd-linf-njs", set(range(16))),
+        _cell("waq", "apgd-dlr", set(range(5)) | set(range(16, 26))),
+        # ... and Square leaves 30 more: PGD++ is significantly stronger
+        _cell("waq", "square", set(range(46))),
+        # the pixel-coordinate NJS is not PGD++ (it never stands in for it)
+        _cell("waq", "pgd-linf-njs-raw", set()),
+    ]
+    claims = _claims(tmp_path, cells, {"ref": "ref", "waq": "bnn-waq"})
+
+    looks = claims["bnn-look-robust"]
+    assert [c.outcome for c in looks.comparisons] == ["holds"] and looks.verdict == "holds"
+
+    others = claims["pgdpp-beats-others"]
+    by_other = {c.text.split(" ")[3]: c.outcome for c in others.comparisons}
+    assert by_other == {"APGD-DLR": "tie", "Square": "holds"}
+    assert others.verdict == "holds"  # a tie is "as strong as"
+    assert "10 vs 11 discordant points" in others.comparisons[0].text
+
+    # best-known (every attack, the pixel-coordinate NJS included) leaves no point standing:
+    # PGD++'s 16 points are significantly above it
+    zero = claims["pgdpp-to-zero"]
+    assert [c.outcome for c in zero.comparisons] == ["fails"]
+    assert zero.verdict == "does not hold"
+    assert "PGD++ (pgd-linf-njs) 1.6% vs best-known" in zero.comparisons[0].text
+
+
+def test_about_zero_is_within_the_sampling_error_of_best_known(tmp_path):
+    cells = [
+        _cell("waq", "pgd-linf", set(range(850))),
+        _cell("waq", "pgd-linf-njs", set(range(9))),  # 4 points more than best-known: a tie
+        _cell("waq", "apgd-dlr", set(range(5))),
+    ]
+    zero = _claims(tmp_path, cells, {"waq": "bnn-waq"})["pgdpp-to-zero"]
+    assert [c.outcome for c in zero.comparisons] == ["holds"] and zero.verdict == "holds"
+
+
+@pytest.mark.parametrize("outcomes,ties_hold,verdict", [
+    ([], False, "not tested"),
+    (["holds", "holds"], False, "holds"),
+    (["holds", "tie"], False, "partly"),
+    (["holds", "tie"], True, "holds"),
+    (["tie", "tie"], False, "inconclusive"),
+    (["tie", "tie"], True, "holds"),
+    (["fails", "fails"], True, "does not hold"),
+    (["holds", "fails"], False, "partly"),
+])
+def test_claim_verdict_rule(outcomes, ties_hold, verdict):
+    assert set(outcomes) <= set(OUTCOMES)
+    claim = Claim("k", "c", "w", "t", [Comparison("m", 0.1, "linf", "", o) for o in outcomes],
+                  ties_hold=ties_hold)
+    assert claim.verdict == verdict
