@@ -22,6 +22,13 @@ of two different networks, or of two different draws of test points, must not be
 :func:`best_known` makes one row per (suite, dataset, model, weights, seed, norm, ε) and raises
 ValueError when two cells of one row and one sample count saw different inputs.
 
+Across ε. An adversarial example inside the ε-ball is inside every larger ball of the same
+norm, so a point broken at ε (by any verified candidate: an attack's or the exact verifier's)
+is broken at every larger ε of the same model, weights, seed and norm: best-known at a larger ε
+counts it (on the test points both cells cover), and its ``broken_by`` names the attack and the
+ε, e.g. ``milp-linf at ε=0.02``. Without this, a point the verifier breaks at 0.02 but no attack
+breaks at 0.05 would count as robust at 0.05 although it provably is not.
+
 Retrained models. Records are append-only, so a model that was retrained (other weights, other
 ``model_sha256``) keeps the cells of its old weights. Boards show each model's current run
 (:func:`current_runs`): the weights of its most recently created cell and, among those cells,
@@ -43,11 +50,12 @@ def best_known(cells: pd.DataFrame) -> pd.DataFrame:
     ``best_known_acc`` (per-sample minimum over the attacks), ``best_attack`` (the single
     attack with the lowest robust accuracy among the cells of ``n`` points),
     ``attacks`` (how many ok cells were combined), ``broken_by`` (attack name per broken test
-    point, or "" for robust points and clean mistakes), ``unique_breaks`` (dict attack → points
-    only that attack broke).
+    point, "<attack> at ε=<ε>" where a cell of a smaller ε broke it, or "" for robust points
+    and clean mistakes), ``unique_breaks`` (dict attack → points only that attack broke at
+    this ε), ``from_smaller_eps`` (points broken only at a smaller ε).
     """
     columns = [*KEYS, "n", "clean_acc", "best_known_acc", "best_attack", "best_attack_acc",
-               "attacks", "broken_by", "unique_breaks"]
+               "attacks", "broken_by", "unique_breaks", "from_smaller_eps"]
     ok = cells[cells["status"] == "ok"] if len(cells) else cells
     rows = []
     for key, group in ok.groupby(KEYS, sort=True):
@@ -85,8 +93,34 @@ def best_known(cells: pd.DataFrame) -> pd.DataFrame:
             "best_known_acc": float(combined.mean()),
             "best_attack": best["attack"], "best_attack_acc": float(best["robust_acc"]),
             "attacks": len(group), "broken_by": broken_by, "unique_breaks": unique,
+            "from_smaller_eps": 0, "_clean": clean_ok,
         })
+    _carry_over_eps(rows)
+    for r in rows:
+        del r["_clean"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def _carry_over_eps(rows: list[dict]) -> None:
+    """Credit each row with the points broken at a smaller ε of the same model, weights, seed
+    and norm (on the test points both rows cover), in place."""
+    runs: dict[tuple, list[dict]] = {}
+    for r in rows:
+        runs.setdefault(tuple(r[k] for k in KEYS if k != "eps"), []).append(r)
+    for run in runs.values():
+        broken: list[str] = []  # the smallest-ε break of each point so far, "" if none
+        for r in sorted(run, key=lambda r: float(r["eps"])):
+            labels = r["broken_by"]
+            for i in range(min(len(broken), len(labels))):
+                if broken[i] and not labels[i] and r["_clean"][i]:
+                    labels[i] = broken[i]
+                    r["from_smaller_eps"] += 1
+            standing = np.array([b == "" for b in labels], dtype=bool) & r["_clean"]
+            r["best_known_acc"] = float(standing.mean())
+            eps = f"{float(r['eps']):g}"
+            here = [b if not b or " at ε=" in b else f"{b} at ε={eps}" for b in labels]
+            broken = [old or new for old, new in zip(broken, here, strict=False)] \
+                + here[len(broken):] + broken[len(here):]
 
 
 def current_runs(cells: pd.DataFrame) -> pd.DataFrame:

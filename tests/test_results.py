@@ -107,3 +107,31 @@ def test_best_known_is_the_per_sample_minimum():
     assert row["best_known_acc"] == 0.25 and row["attacks"] == 2
     assert row["broken_by"] == ["b", "a", "", ""]
     assert row["unique_breaks"] == {"a": 1, "b": 1}
+
+
+def test_a_point_broken_at_a_smaller_eps_is_broken_at_every_larger_one():
+    import pandas as pd
+
+    def cell(attack, eps, robust, n=4, **over):
+        return make_cell(attack=attack, key=f"{attack}{eps}{n}", eps=eps, n=n,
+                         robust=robust, robust_acc=sum(robust) / n, n_attacked=n,
+                         clean_acc=1.0, clean_correct=[1] * n, **over)
+
+    cells = [
+        cell("milp-linf", 0.01, [1, 0, 1, 1]),  # the verifier breaks point 1 at 0.01
+        cell("pgd-linf", 0.02, [1, 1, 0, 1]),  # PGD misses it at 0.02 but breaks point 2
+        cell("pgd-linf", 0.05, [0, 1, 1, 1, 1, 1], n=6),  # and misses both at 0.05 (6 points)
+        cell("pgd-linf", 0.05, [0, 0, 1, 1], model="other", model_sha256="other"),
+        cell("pgd-linf", 0.05, [1, 0, 1, 1], norm="l2"),  # another norm carries nothing over
+    ]
+    best = results.best_known(pd.DataFrame([to_dict(c) for c in cells]))
+    rows = {(r.model, r.norm, r.eps): r for r in best.itertuples()}
+    at_002 = rows[("m", "linf", 0.02)]
+    assert at_002.broken_by == ["", "milp-linf at ε=0.01", "pgd-linf", ""]
+    assert at_002.best_known_acc == 0.5 and at_002.from_smaller_eps == 1
+    at_005 = rows[("m", "linf", 0.05)]
+    assert at_005.broken_by == ["pgd-linf", "milp-linf at ε=0.01", "pgd-linf at ε=0.02", "",
+                                "", ""]
+    assert at_005.best_known_acc == pytest.approx(3 / 6) and at_005.from_smaller_eps == 2
+    assert rows[("other", "linf", 0.05)].best_known_acc == 0.5  # other weights: untouched
+    assert rows[("m", "l2", 0.05)].broken_by == ["", "pgd-linf", "", ""]
