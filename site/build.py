@@ -7,7 +7,8 @@ opened from disk):
   overview of best-known robust accuracy with the warning flags;
 - ``board-<suite>-<norm>-<ε>.html``: one leaderboard per suite and threat model;
 - ``attacks.html``: strength (gap to best-known) and cost of every attack;
-- ``paper.html``: the paper's claims, each checked against the records;
+- ``paper.html``: the paper's claims, each checked against the records, and how far the
+  attacks are from the exact verifier's truth (also on ``index.html``);
 - ``models.html`` and ``model-<name>.html``: the model cards, diagnostics and curves;
 - ``img/*.png`` (matplotlib), ``style.css``, ``sort.js`` (sortable tables, no framework).
 """
@@ -21,6 +22,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from leaderboard import data, plots
 
 from results.board import attack_columns
+from results.optimality import TOGETHER
 from results.paired import ALPHA
 
 HERE = Path(__file__).resolve().parent
@@ -80,7 +82,8 @@ def environment() -> Environment:
     return env
 
 
-def _plots(out_dir: Path, rec: data.Records, pages: list[dict], attack_rows: list[dict]) -> dict:
+def _plots(out_dir: Path, rec: data.Records, pages: list[dict], attack_rows: list[dict],
+           optimal: list[dict]) -> dict:
     """Draw every figure; returns {'attacks': the cost plot (src, w, h) or None}."""
     img = out_dir / "img"
     kinds = attack_columns(rec.cells)
@@ -122,6 +125,14 @@ def _plots(out_dir: Path, rec: data.Records, pages: list[dict], attack_rows: lis
                                   series=series, bands=bands)
             page["flip_plot"] = {"src": f"img/{name}", "w": w, "h": h,
                                  "alt": f"flip rate against ε for {page['name']}"}
+    for view in optimal:
+        name = f"optimal-{data.slug(view['model'])}-{data.slug(view['suite'])}.png"
+        w, h = plots.against_exact(img / name, title=f"{view['model']} · {view['suite']}: "
+                                   "attacks against the exact verifier",
+                                   series=view["series"], band=view["band"], together=TOGETHER)
+        view["plot"] = {"src": f"img/{name}", "w": w, "h": h,
+                        "alt": f"robust accuracy against L∞ ε of every attack and the exact "
+                               f"robust accuracy, {view['model']}"}
     size = plots.cost_strength(img / "attacks-cost.png", attack_rows)
     return {"attacks": {"src": "img/attacks-cost.png", "w": size[0], "h": size[1]}
             if size else None}
@@ -148,7 +159,8 @@ def build_site(records_root: Path | None, out_dir: Path) -> Path:
         stale.unlink()
     for asset in ("style.css", "sort.js"):
         shutil.copy(HERE / "static" / asset, out_dir / asset)
-    figures = _plots(out_dir, rec, pages, attack_rows)
+    optimal = data.optimality_view(rec)
+    figures = _plots(out_dir, rec, pages, attack_rows, optimal)
 
     env = environment()
     everything = data.provenance(rec.cells, rec.models)
@@ -162,7 +174,7 @@ def build_site(records_root: Path | None, out_dir: Path) -> Path:
 
     index = write("index.html", "index.html", suites=suites, provenance=everything,
                   n_cells=len(rec.cells), notes=rec.notes,
-                  flip_models=[p for p in pages if p["flips"]])
+                  flip_models=[p for p in pages if p["flips"]], optimal=optimal)
     for s in suites:
         for b in s["boards"]:
             write(b["file"], "board.html", board=b, suite=s, provenance=b["provenance"])
@@ -170,7 +182,7 @@ def build_site(records_root: Path | None, out_dir: Path) -> Path:
           cost_plot=figures["attacks"], provenance=everything)
     summaries = {m["model"]: m for s in suites for m in s["matrix"]}
     write("paper.html", "paper.html", claims=data.paper_claims(rec), alpha=ALPHA,
-          provenance=everything)
+          optimal=optimal, provenance=everything)
     write("models.html", "models.html", pages=pages, summaries=summaries,
           provenance=data.provenance(rec.models, rec.cells))
     for p in pages:

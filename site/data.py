@@ -23,6 +23,7 @@ from results import board as results_board
 from results import claims
 from results.bestknown import best_known, current_runs
 from results.exact import Exact, exact_summaries
+from results.optimality import TOGETHER, optimality
 
 # --- thresholds of the warning badges (gradient-masking checks after Athalye et al. 2018, as
 # Gupta & Ajanthan, AAAI 2022, Sec. 6 use them); stated on every page that shows badges ---
@@ -202,18 +203,27 @@ def load(records_root: Path | None) -> Records:
 
 
 def safe_best_known(cells: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
-    """best_known per threat model; a group with mixed sample counts keeps its most common n."""
+    """best_known per suite and norm (a point broken at a smaller ε counts at every larger one);
+    where that fails, per threat model, a group with mixed sample counts keeping its most
+    common n."""
     if cells.empty:
         return best_known(cells)
     parts = []
-    for key, group in cells.groupby(["suite", "norm", "eps"], sort=True):
+    for _, by_norm in cells.groupby(["suite", "norm"], sort=True):
         try:
-            parts.append(best_known(group))
+            parts.append(best_known(by_norm))
+            continue
         except ValueError:
-            ns = group["n"].mode().iloc[0]
-            notes.append(f"suite {key[0]}, {threat_label(key[1], key[2])}: cells with different "
-                         f"sample counts; best-known values use the n = {ns} cells only")
-            parts.append(best_known(group[group["n"] == ns]))
+            pass
+        for key, group in by_norm.groupby(["suite", "norm", "eps"], sort=True):
+            try:
+                parts.append(best_known(group))
+            except ValueError:
+                ns = group["n"].mode().iloc[0]
+                notes.append(f"suite {key[0]}, {threat_label(key[1], key[2])}: cells with "
+                             f"different sample counts; best-known values use the n = {ns} "
+                             "cells only")
+                parts.append(best_known(group[group["n"] == ns]))
     return pd.concat(parts, ignore_index=True) if parts else best_known(cells.iloc[:0])
 
 
@@ -762,3 +772,30 @@ def paper_claims(rec: Records) -> list[dict]:
                                      "text": x.text, "outcome": x.outcome}
                                     for x in c.comparisons]})
     return out
+
+
+# ------------------------------------------------------------------ how far from optimal
+
+
+def optimality_view(rec: Records) -> list[dict]:
+    """"How far from optimal are the attacks?" (:func:`results.optimality.optimality`): per
+    model with an exact verifier, each threat model's truth and every attack's misses of the
+    truly breakable points; ``plot`` is filled in by the builder."""
+    out: dict[tuple, dict] = {}
+    for o in optimality(rec.cells):
+        ex = o.exact
+        view = out.setdefault((o.suite, o.model), {
+            "suite": o.suite, "model": o.model, "file": model_file(o.model), "rows": [],
+            "plot": None, "series": {}, "band": []})
+        truth = (f"{100 * ex.lower:.1f}" if ex.exact is not None
+                 else f"[{100 * ex.lower:.1f}, {100 * ex.upper:.1f}]")
+        view["rows"].append({
+            "threat": threat_label(o.norm, o.eps), "n": ex.n, "truth": truth,
+            "breakable": ex.broken, "undecided": ex.unknown, "verifier": ex.verifier,
+            "misses": [{"attack": m.attack, "together": m.attack == TOGETHER, "n": m.n,
+                        "robust_acc": m.robust_acc, "breakable": m.breakable,
+                        "missed": m.missed, "share": m.missed_share} for m in o.misses]})
+        for m in o.misses:
+            view["series"].setdefault(m.attack, []).append((o.eps, m.robust_acc))
+        view["band"].append((o.eps, ex.lower, ex.upper))
+    return list(out.values())

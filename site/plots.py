@@ -111,6 +111,35 @@ def fliprate(path: Path, *, title: str, series: dict[str, list[tuple[float, floa
     return _save(fig, path)
 
 
+def against_exact(path: Path, *, title: str, series: dict[str, list[tuple[float, float]]],
+                  band: list[tuple[float, float, float]], together: str) -> tuple[int, int]:
+    """Robust accuracy (%) against L∞ ε of each attack and of all attacks together (thick),
+    beside the exact robust accuracy (black; shaded from proved robust up to best-known where
+    the verifier left points undecided)."""
+    fig = _figure(7.4, 3.6)
+    ax = fig.add_subplot()
+    _style_axes(ax)
+    bx, lo, hi = zip(*sorted(band), strict=True)
+    ax.fill_between(bx, [100 * v for v in lo], [100 * v for v in hi], color="#1b1b1b",
+                    alpha=0.15, linewidth=0, label="exact: undecided")
+    ax.plot(bx, [100 * v for v in lo], color="#1b1b1b", marker="s", markersize=4,
+            linewidth=2.2, label="exact (proved robust)", zorder=4)
+    others = sorted(a for a in series if a != together)
+    for i, attack in enumerate([*others, together] if together in series else others):
+        xs, ys = zip(*sorted(series[attack]), strict=True)
+        thick = attack == together
+        ax.plot(xs, [100 * y for y in ys], color=INK if thick else PALETTE[i % len(PALETTE)],
+                linestyle=":" if thick else "-", marker="o", markersize=3.5,
+                linewidth=2.4 if thick else 1.3, label=_text(attack), zorder=3)
+    ax.set_xticks(bx, [fmt_eps(e) for e in bx])
+    ax.set_ylim(-3, 103)
+    ax.set_xlabel("ε (L∞)", color=MUTED, fontsize=9)
+    ax.set_ylabel("robust accuracy (%)", color=MUTED, fontsize=9)
+    ax.set_title(_text(title), loc="left", fontsize=10, color=INK)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+    return _save(fig, path)
+
+
 #: one colour per attack family (results.board.FAMILIES)
 KIND_COLOUR = {"gradient": "#1f4e8c", "gradient-temperature": "#2a9d8f",
                "minimum-norm": "#e9a23b", "gradient-free": "#d1495b", "combinatorial": "#7b4fa0",

@@ -120,3 +120,18 @@ def test_claim_verdict_rule(outcomes, ties_hold, verdict):
     claim = Claim("k", "c", "w", "t", [Comparison("m", 0.1, "linf", "", o) for o in outcomes],
                   ties_hold=ties_hold)
     assert claim.verdict == verdict
+
+
+def test_gradient_attacks_are_judged_against_the_exact_verifier(tmp_path):
+    # the verifier proves 900 points robust, breaks 90 and leaves 10 undecided
+    verdicts = ["robust"] * 900 + ["broken"] * 90 + ["unknown"] * 10
+    milp = _cell("waq", "milp-linf", set(range(900)) | set(range(990, 1000)), eps=0.01)
+    milp = make_cell(**{**results.schema.to_dict(milp), "info": {"verdicts": verdicts}})
+    near = _cell("waq", "pgd-linf-njs", set(range(904)), eps=0.01)  # misses 4 breakable points
+    far = _cell("waq", "pgd-linf-njs", set(range(960)), eps=0.02)  # misses 60 of them
+    milp2 = make_cell(**{**results.schema.to_dict(milp), "key": "m2", "eps": 0.02})
+    claim = _claims(tmp_path, [milp, near, milp2, far], {"waq": "bnn-waq"})[
+        "gradient-near-optimal"]
+    assert [c.outcome for c in claim.comparisons] == ["holds", "fails"]
+    assert claim.verdict == "partly"
+    assert "990 decided points; 0 vs 4 discordant points" in claim.comparisons[0].text
