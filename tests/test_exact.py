@@ -99,3 +99,26 @@ def test_exact_value_when_every_point_is_decided(tmp_path):
 def test_published_records_have_no_contradiction():
     """No attack in results/records broke a point that the verifier proved robust."""
     assert contradictions(results.load()) == []
+
+
+def test_how_far_from_optimal_counts_each_attacks_misses(tmp_path):
+    from results.optimality import TOGETHER, optimality
+
+    root, out = tmp_path / "records", tmp_path / "public"
+    write(root, contradiction=False)
+    (row,) = optimality(results.load("oracle-edge", root))
+    misses = {m.attack: m for m in row.misses}
+    # breakable: points 4-6; PGD misses point 6, FGSM points 5 and 6, together point 6 only
+    assert [(m.breakable, m.missed) for m in (misses["pgd-linf"], misses["fgsm"])] == [(3, 1),
+                                                                                        (3, 2)]
+    assert (misses[TOGETHER].missed, misses[TOGETHER].robust) == (1, 6)
+    assert misses["fgsm"].missed_share == pytest.approx(2 / 3)
+    build_site(root, out)
+    for page in ("index.html", "paper.html"):
+        html = (out / page).read_text(encoding="utf-8")
+        assert "How far from optimal are the attacks?" in html
+        assert "<strong>all attacks together</strong>" in html
+        assert "[40.0, 50.0]" in html  # proved robust up to best-known: two undecided points
+    assert list((out / "img").glob("optimal-*.png"))
+    paper = (out / "paper.html").read_text(encoding="utf-8")
+    assert 'data-claim="gradient-near-optimal"' in paper
