@@ -39,6 +39,15 @@ def _style_axes(ax) -> None:
     ax.tick_params(colors=MUTED, labelsize=8.5)
 
 
+def _finish(ax, *, xlabel: str, ylabel: str, title: str, **legend) -> None:
+    """A percentage axis (0-100 with a margin), its labels and title, the legend outside."""
+    ax.set_ylim(-3, 103)
+    ax.set_xlabel(xlabel, color=MUTED, fontsize=9)
+    ax.set_ylabel(ylabel, color=MUTED, fontsize=9)
+    ax.set_title(_text(title), loc="left", fontsize=10, color=INK)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8, **legend)
+
+
 def _save(fig: Figure, path: Path) -> tuple[int, int]:
     """Write the PNG; returns its size in pixels (for the img tag)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,12 +84,8 @@ def curves(path: Path, *, title: str, norm: str, series: dict[str, list[tuple[fl
                 label=_text(attack), zorder=3)
     eps = sorted({x for pts in series.values() for x, _ in pts})
     ax.set_xticks(eps, [fmt_eps(e) for e in eps])
-    ax.set_ylim(-3, 103)
-    ax.set_xlabel(f"ε ({NORM_LABEL.get(norm, norm)})", color=MUTED, fontsize=9)
-    ax.set_ylabel("robust accuracy (%)", color=MUTED, fontsize=9)
-    ax.set_title(_text(title), loc="left", fontsize=10, color=INK)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8,
-              handlelength=2.6)
+    _finish(ax, xlabel=f"ε ({NORM_LABEL.get(norm, norm)})", ylabel="robust accuracy (%)",
+            title=title, handlelength=2.6)
     return _save(fig, path)
 
 
@@ -103,11 +108,7 @@ def fliprate(path: Path, *, title: str, series: dict[str, list[tuple[float, floa
                             alpha=0.15, linewidth=0, label=_text(f"{attack}: undecided"))
         ax.plot(xs, [100 * y for y in ys], color=colour, marker="s" if attack in bands else "o",
                 markersize=4, linewidth=1.8, label=_text(attack))
-    ax.set_ylim(-3, 103)
-    ax.set_xlabel("ε (L∞)", color=MUTED, fontsize=9)
-    ax.set_ylabel("flip rate (%)", color=MUTED, fontsize=9)
-    ax.set_title(_text(title), loc="left", fontsize=10, color=INK)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+    _finish(ax, xlabel="ε (L∞)", ylabel="flip rate (%)", title=title)
     return _save(fig, path)
 
 
@@ -132,11 +133,7 @@ def against_exact(path: Path, *, title: str, series: dict[str, list[tuple[float,
                 linestyle=":" if thick else "-", marker="o", markersize=3.5,
                 linewidth=2.4 if thick else 1.3, label=_text(attack), zorder=3)
     ax.set_xticks(bx, [fmt_eps(e) for e in bx])
-    ax.set_ylim(-3, 103)
-    ax.set_xlabel("ε (L∞)", color=MUTED, fontsize=9)
-    ax.set_ylabel("robust accuracy (%)", color=MUTED, fontsize=9)
-    ax.set_title(_text(title), loc="left", fontsize=10, color=INK)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+    _finish(ax, xlabel="ε (L∞)", ylabel="robust accuracy (%)", title=title)
     return _save(fig, path)
 
 
