@@ -343,7 +343,7 @@ def test_cifar10_suite_runs_on_cpu_with_a_tiny_subset_and_one_training_step(tmp_
              "pgd-l2-hns,apgd-dlr,deepfool-linf")
     assert set(cheap.split(",")) <= set(match_names(suite.attacks, sorted(cheap.split(",")) + [
         "square", "autoattack", "bba-linf", "bba-l2", "deepfool-l2", "apgd-ce",
-        "fgsm-beta0.1", "pgd-linf-beta0.1", "pgd-linf-r5"], "attack"))
+        "fgsm-beta0.1", "pgd-linf-beta0.1", "pgd-linf-r5", "pgd-linf-njs-raw"], "attack"))
     args = ["run", "--suite", "cifar10", "--models", "cifar10-resnet18-bnn-waq",
             "--attacks", cheap, "--n", "20", "--data-root", str(tmp_path / "data"),
             "--device", "cpu", "--max-train-steps", "1", "--no-progress"]
