@@ -108,8 +108,14 @@ _LEVELS = {"DEFAULT": 0, "AVX2": 1, "AVX512": 2, "ZVECTOR": 0, "VSX": 0}
 
 
 def supported_kernels() -> list[str]:
-    """The ``ATEN_CPU_CAPABILITY`` values this CPU can run, lowest first."""
-    top = _LEVELS.get(torch.backends.cpu.get_cpu_capability(), 0)
+    """The ``ATEN_CPU_CAPABILITY`` values this CPU can run, lowest first: asked of a fresh
+    process without that variable, since an exported ``ATEN_CPU_CAPABILITY=default`` (how
+    another CPU is imitated) makes this process report only the level it was held to."""
+    env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+    probe = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                          text=True, timeout=300, check=True)
+    top = _LEVELS.get(done.stdout.strip().splitlines()[-1], 0)
     return [k for k, level in zip(KERNELS, range(3), strict=True) if level <= top]
 
 
