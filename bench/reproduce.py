@@ -32,9 +32,11 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+import results
 from attacks import attack_spec
 from bench.calibrate import calibrate
 from bench.runner import evaluate_cells, resolve_device
+from results.bestknown import current_runs
 from results.board import traits_from_config
 from results.schema import CellRecord
 from results.store import latest_cells
@@ -159,12 +161,23 @@ def recompute(record: CellRecord, device: str) -> CellRecord:
         torch.set_num_threads(threads)
 
 
+def published_cells(suite: str, root=None) -> list[CellRecord]:
+    """The ``ok`` cells the boards show: of each measurement only the latest (an attack
+    redefined since leaves its older cells in the append-only file), of each model only its
+    current run (:func:`results.bestknown.current_runs`)."""
+    frame = results.load(suite, root)
+    if frame.empty:
+        return []
+    shown = set(current_runs(frame[frame["status"] == "ok"])["key"])
+    return [c for c in latest_cells(suite, root).values() if c.key in shown]
+
+
 def reproduce(suite: str, *, sample: int = 20, seed: int = 0, models: str | None = None,
               attacks: str | None = None, device: str = "cpu", root=None,
               on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
     """Recompute ``sample`` committed ``ok`` cells of ``suite`` (optionally only of the
     ``models``/``attacks`` patterns) and compare each with its record."""
-    cells = [c for c in latest_cells(suite, root).values() if c.status == "ok"]
+    cells = published_cells(suite, root)
     if not cells:
         raise QBenchError(f"no computed cells of suite {suite!r} to reproduce")
     if models is not None:

@@ -100,3 +100,18 @@ def test_record_threads_reads_the_hardware_string():
     assert rep.record_threads(make_cell(hardware="x86_64 (2 cores, 1 torch threads, AVX2)")) == 1
     assert rep.record_threads(make_cell(hardware="x86_64 (8 cores, 8 torch threads)")) == 8
     assert rep.record_threads(make_cell(hardware="")) == 1
+
+
+def test_only_the_published_cells_are_sampled(tmp_path):
+    """Records are append-only: a cell superseded by a later one of the same measurement (its
+    attack redefined) or of older weights stays in the file, and is not what the site shows."""
+    from results.store import append
+
+    old = make_cell(key="old", attack_config={"version": 1}, created="2026-01-01T00:00:00Z")
+    new = make_cell(key="new", attack_config={"version": 2}, created="2026-01-02T00:00:00Z")
+    stale = make_cell(key="stale", model="m2", model_sha256="w1", created="2026-01-01T00:00:00Z")
+    fresh = make_cell(key="fresh", model="m2", model_sha256="w2", attack="fgsm",
+                      created="2026-01-03T00:00:00Z")
+    for c in (old, new, stale, fresh):
+        append(cells_path("s", tmp_path), c)
+    assert sorted(c.key for c in rep.published_cells("s", tmp_path)) == ["fresh", "new"]
