@@ -24,10 +24,11 @@ ValueError when two cells of one row and one sample count saw different inputs.
 
 Across ε. An adversarial example inside the ε-ball is inside every larger ball of the same
 norm, so a point broken at ε (by any verified candidate: an attack's or the exact verifier's)
-is broken at every larger ε of the same model, weights, seed and norm: best-known at a larger ε
-counts it (on the test points both cells cover), and its ``broken_by`` names the attack and the
-ε, e.g. ``milp-linf at ε=0.02``. Without this, a point the verifier breaks at 0.02 but no attack
-breaks at 0.05 would count as robust at 0.05 although it provably is not.
+is broken at every larger ε of the same model, weights, seed and norm, in any suite of the same
+dataset (suites attack prefixes of one fixed split): best-known at a larger ε counts it (on the
+test points both cells cover), and its ``broken_by`` names the attack and the ε, e.g.
+``milp-linf at ε=0.02 in mnist5k-oracle``. Without this, a point the verifier breaks at 0.02
+but no attack breaks at 0.05 would count as robust at 0.05 although it provably is not.
 
 Retrained models. Records are append-only, so a model that was retrained (other weights, other
 ``model_sha256``) keeps the cells of its old weights. Boards show each model's current run
@@ -103,24 +104,39 @@ def best_known(cells: pd.DataFrame) -> pd.DataFrame:
 
 def _carry_over_eps(rows: list[dict]) -> None:
     """Credit each row with the points broken at a smaller ε of the same model, weights, seed
-    and norm (on the test points both rows cover), in place."""
+    and norm, in any suite of the same dataset (on the test points both rows cover; the first
+    n test points of a split are the same in every suite), in place."""
     runs: dict[tuple, list[dict]] = {}
     for r in rows:
-        runs.setdefault(tuple(r[k] for k in KEYS if k != "eps"), []).append(r)
+        runs.setdefault(tuple(r[k] for k in KEYS if k not in ("eps", "suite")), []).append(r)
     for run in runs.values():
-        broken: list[str] = []  # the smallest-ε break of each point so far, "" if none
-        for r in sorted(run, key=lambda r: float(r["eps"])):
-            labels = r["broken_by"]
-            for i in range(min(len(broken), len(labels))):
-                if broken[i] and not labels[i] and r["_clean"][i]:
-                    labels[i] = broken[i]
-                    r["from_smaller_eps"] += 1
-            standing = np.array([b == "" for b in labels], dtype=bool) & r["_clean"]
-            r["best_known_acc"] = float(standing.mean())
-            eps = f"{float(r['eps']):g}"
-            here = [b if not b or " at ε=" in b else f"{b} at ε={eps}" for b in labels]
-            broken = [old or new for old, new in zip(broken, here, strict=False)] \
-                + here[len(broken):] + broken[len(here):]
+        # per point, the first break at a smaller ε: (attack, ε, suite), or None
+        broken: list[tuple[str, float, str] | None] = []
+        clean = np.zeros(0, dtype=bool)
+        levels: dict[float, list[dict]] = {}
+        for r in run:
+            levels.setdefault(float(r["eps"]), []).append(r)
+        for eps in sorted(levels):
+            for r in levels[eps]:
+                m = min(len(broken), len(r["broken_by"]))
+                if not np.array_equal(clean[:m], r["_clean"][:m]):
+                    continue  # not the same test points: nothing to carry over
+                labels = r["broken_by"]
+                for i in range(m):
+                    if broken[i] is not None and not labels[i] and r["_clean"][i]:
+                        attack, at, suite = broken[i]
+                        where = "" if suite == r["suite"] else f" in {suite}"
+                        labels[i] = f"{attack} at ε={at:g}{where}"
+                        r["from_smaller_eps"] += 1
+                standing = np.array([b == "" for b in labels], dtype=bool) & r["_clean"]
+                r["best_known_acc"] = float(standing.mean())
+            for r in levels[eps]:  # this level's own breaks serve the larger ε
+                own = [(b, eps, r["suite"]) if b and " at ε=" not in b else None
+                       for b in r["broken_by"]]
+                broken = [old or new for old, new in zip(broken, own, strict=False)] \
+                    + own[len(broken):] + broken[len(own):]
+                if len(r["_clean"]) > len(clean):
+                    clean = r["_clean"]
 
 
 def current_runs(cells: pd.DataFrame) -> pd.DataFrame:

@@ -179,6 +179,9 @@ class BoardRow:
     unique_breaks: dict[str, int]
     cells: dict[str, BoardCell]  # attack → cell, for every column of the board
     exact: Exact | None = None  # the verifier's ground truth, where the row has one
+    #: points best-known counts as broken because a cell of a smaller ε broke them:
+    #: "<attack> at ε=<ε>" → points
+    from_smaller_eps: dict[str, int] = field(default_factory=dict)
 
     @property
     def best_cell(self) -> BoardCell | None:
@@ -255,6 +258,15 @@ def board(cells: pd.DataFrame, norm: str, eps: float,
     return found[0] if found else None
 
 
+def _carried(broken_by: list[str]) -> dict[str, int]:
+    """How many points each cell of a smaller ε broke for best-known (labels "… at ε=…")."""
+    out: dict[str, int] = {}
+    for label in broken_by:
+        if " at ε=" in label:
+            out[label] = out.get(label, 0) + 1
+    return out
+
+
 def _board(suite: str, norm: str, eps: float, group: pd.DataFrame,
            all_columns: dict[str, AttackColumn], cards: dict, best: pd.DataFrame,
            models: pd.DataFrame | None, exact: dict[tuple, Exact] | None = None) -> Board:
@@ -286,6 +298,7 @@ def _board(suite: str, norm: str, eps: float, group: pd.DataFrame,
             if b is not None else {},
             cells=row_cells,
             exact=(exact or {}).get((suite, model, norm, eps)),
+            from_smaller_eps=_carried(b.broken_by) if b is not None else {},
         ))
     rows.sort(key=lambda r: (r.best_known is None, -(r.best_known or 0), -(r.clean or 0),
                              r.model))

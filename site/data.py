@@ -203,13 +203,13 @@ def load(records_root: Path | None) -> Records:
 
 
 def safe_best_known(cells: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
-    """best_known per suite and norm (a point broken at a smaller ε counts at every larger one);
-    where that fails, per threat model, a group with mixed sample counts keeping its most
-    common n."""
+    """best_known per norm, every suite together (a point broken at a smaller ε, in any suite
+    of the dataset, counts at every larger one); where that fails, per suite and threat model,
+    a group with mixed sample counts keeping its most common n."""
     if cells.empty:
         return best_known(cells)
     parts = []
-    for _, by_norm in cells.groupby(["suite", "norm"], sort=True):
+    for _, by_norm in cells.groupby("norm", sort=True):
         try:
             parts.append(best_known(by_norm))
             continue
@@ -458,6 +458,7 @@ def boards(rec: Records) -> list[dict]:
                 "clean_style": heat(r.clean), "best": r.best_known,
                 "best_style": heat(r.best_known), "best_attack": r.best_attack,
                 "best_attack_acc": r.best_attack_acc,
+                "carried": r.from_smaller_eps,
                 "ensemble": (r.best_known is not None and r.best_attack_acc is not None
                              and r.best_known < r.best_attack_acc - 1e-12),
                 "unique": {k: v for k, v in r.unique_breaks.items() if v},

@@ -123,15 +123,26 @@ def test_a_point_broken_at_a_smaller_eps_is_broken_at_every_larger_one():
         cell("pgd-linf", 0.05, [0, 1, 1, 1, 1, 1], n=6),  # and misses both at 0.05 (6 points)
         cell("pgd-linf", 0.05, [0, 0, 1, 1], model="other", model_sha256="other"),
         cell("pgd-linf", 0.05, [1, 0, 1, 1], norm="l2"),  # another norm carries nothing over
+        # another suite's cell of the same weights and test points: its break at 0.01 counts
+        cell("milp-linf", 0.01, [1, 1, 1, 0, 1, 1], n=6, suite="oracle"),
     ]
     best = results.best_known(pd.DataFrame([to_dict(c) for c in cells]))
-    rows = {(r.model, r.norm, r.eps): r for r in best.itertuples()}
-    at_002 = rows[("m", "linf", 0.02)]
-    assert at_002.broken_by == ["", "milp-linf at ε=0.01", "pgd-linf", ""]
-    assert at_002.best_known_acc == 0.5 and at_002.from_smaller_eps == 1
-    at_005 = rows[("m", "linf", 0.05)]
-    assert at_005.broken_by == ["pgd-linf", "milp-linf at ε=0.01", "pgd-linf at ε=0.02", "",
-                                "", ""]
-    assert at_005.best_known_acc == pytest.approx(3 / 6) and at_005.from_smaller_eps == 2
-    assert rows[("other", "linf", 0.05)].best_known_acc == 0.5  # other weights: untouched
-    assert rows[("m", "l2", 0.05)].broken_by == ["", "pgd-linf", "", ""]
+    rows = {(r.suite, r.model, r.norm, r.eps): r for r in best.itertuples()}
+    assert rows[("s", "m", "linf", 0.01)].broken_by == ["", "milp-linf", "", ""]
+    at_002 = rows[("s", "m", "linf", 0.02)]
+    assert at_002.broken_by == ["", "milp-linf at ε=0.01", "pgd-linf",
+                                "milp-linf at ε=0.01 in oracle"]
+    assert at_002.best_known_acc == 0.25 and at_002.from_smaller_eps == 2
+    at_005 = rows[("s", "m", "linf", 0.05)]
+    assert at_005.broken_by == ["pgd-linf", "milp-linf at ε=0.01", "pgd-linf at ε=0.02",
+                                "milp-linf at ε=0.01 in oracle", "", ""]
+    assert at_005.best_known_acc == pytest.approx(2 / 6) and at_005.from_smaller_eps == 3
+    assert rows[("s", "other", "linf", 0.05)].best_known_acc == 0.5  # other weights: untouched
+    assert rows[("s", "m", "l2", 0.05)].broken_by == ["", "pgd-linf", "", ""]
+    # the board of 0.05 says which cells of smaller ε it counts, also when asked for alone
+    from results.board import board
+
+    frame = pd.DataFrame([to_dict(c) for c in cells[:3]])
+    row = board(frame, "linf", 0.05).rows[0]
+    assert row.from_smaller_eps == {"milp-linf at ε=0.01": 1, "pgd-linf at ε=0.02": 1}
+    assert row.best_known == pytest.approx(3 / 6)
