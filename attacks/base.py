@@ -45,7 +45,7 @@ def check_eps(eps: float, norm: str, dim: int | None = None) -> float:
             f"ε={eps!r} is out of range for the {norm} norm: it must be a finite number "
             f"in [0, {bound}] (inputs live in [0, 1]; write 8/255 for paper units)"
         )
-    return value
+    return value + 0.0  # -0.0 is 0.0: one ε, one cell key
 
 
 def check_batch(x: torch.Tensor, y: torch.Tensor) -> None:

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.inputs import parse_eps
+from bench.inputs import one_eps, parse_eps
 
 EPILOG = """\
 examples:
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the models here and attack those weights instead of the shipped "
                    "ones (other weights, other cells; needs --results, so that they stay out "
                    "of the project's records)")
-    p.add_argument("--results", type=Path, default=None,
+    p.add_argument("--results", default=None,
                    help="records folder (default: results/records of the project)")
     p.add_argument("--data-root", default=None,
                    help="folder with dataset files (default: $QBENCH_DATA or .cache/qbench/data)")
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attack columns to show (wildcards, comma-separated; default: all; "
                    "the best-known value always combines every attack)")
     p.add_argument("--costs", action="store_true", help="per-attack cost table instead")
-    p.add_argument("--results", type=Path, default=None,
+    p.add_argument("--results", default=None,
                    help="records folder (default: results/records of the project)")
 
     p = sub.add_parser(
@@ -176,6 +177,33 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in names:
         print(f"{name}\t{describe(name)}" if args.long else name)
     return 0
+
+
+def check_common(args: argparse.Namespace) -> None:
+    """Options that several commands share, checked (and ``--results`` made a Path) before
+    anything loads; each refusal names the value and what is allowed."""
+    from zoo.errors import QBenchError
+
+    if getattr(args, "results", None) is not None:
+        if not args.results.strip():
+            raise QBenchError(f"--results {args.results!r} names no folder; give the records "
+                              "folder (new or existing), or leave the option out for the "
+                              "project's results/records")
+        args.results = Path(args.results)
+    if getattr(args, "executor", "ray") == "local":
+        given = [f"{flag} {value}" for flag, value, default in (
+            ("--ray-address", args.ray_address, None), ("--gpus-per-task", args.gpus_per_task, 0),
+            ("--threads-per-task", args.threads_per_task, 1)) if value != default]
+        if given:
+            raise QBenchError(f"{', '.join(given)} sizes Ray tasks and takes effect with "
+                              "--executor ray only; add --executor ray, or leave it out")
+    if getattr(args, "threads_per_task", 1) < 1:
+        raise QBenchError(f"--threads-per-task must be a positive number of CPU threads, got "
+                          f"{args.threads_per_task}")
+    gpus = getattr(args, "gpus_per_task", 0.0)
+    if not (math.isfinite(gpus) and gpus >= 0):
+        raise QBenchError(f"--gpus-per-task must be a number of GPUs ≥ 0 (fractions allowed), "
+                          f"got {gpus}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -253,7 +281,7 @@ def cmd_board(args: argparse.Namespace) -> int:
     from bench.suites import DEFAULT_SUITE
     from results import load, load_models
     from results.tables import attack_costs, board, to_markdown
-    from zoo.errors import QBenchError
+    from zoo.errors import QBenchError, match_names
 
     suite = args.suite or DEFAULT_SUITE
     cells = load(suite, root=args.results)
@@ -263,9 +291,9 @@ def cmd_board(args: argparse.Namespace) -> int:
     if args.costs:
         print(to_markdown(attack_costs(cells)))
         return 0
-    default_eps = "0.1" if args.norm == "linf" else "1.5"
-    eps_tokens = [f"{args.norm}={args.eps if args.eps is not None else default_eps}"]
-    ((norm, (eps,)),) = parse_eps(eps_tokens).items()
+    norm = args.norm
+    eps = one_eps(args.eps if args.eps is not None else "0.1" if norm == "linf" else "1.5",
+                  norm)
     table = board(cells, norm, eps, load_models(suite, root=args.results))
     if table.empty:
         have = sorted({(r.norm, float(r.eps)) for r in cells.itertuples()})
@@ -274,9 +302,11 @@ def cmd_board(args: argparse.Namespace) -> int:
     if args.attacks:
         import fnmatch
 
-        pats = [a.strip() for a in args.attacks.split(",") if a.strip()]
         meta = {"n", "clean", "best_known", "proved", "exact", "best_attack", "best_ms",
                 "best_passes"}
+        # every pattern must match a column of this board (a typo shows nothing otherwise)
+        pats = match_names(args.attacks, [c for c in table.columns if c not in meta],
+                           "attack")
         kept = table[[c for c in table.columns if c in meta
                       or any(fnmatch.fnmatchcase(c, p) for p in pats)]]
         kept.attrs = table.attrs
@@ -347,6 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = {"list": cmd_list, "run": cmd_run, "board": cmd_board, "show": cmd_show,
                "train": cmd_train, "reproduce": cmd_reproduce}
     try:
+        check_common(args)
         return handler[args.command](args)
     except QBenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
 
-from attacks import NORMS
+from attacks import NORMS, check_eps
 from zoo.errors import BadEpsilonError
 
 EPS_FORMS = "write 0.1, 8/255, or NORM=v1,v2 such as linf=0.1,0.3"
@@ -34,13 +34,33 @@ def parse_eps(tokens: Sequence[str]) -> dict[str, list[float]]:
             if not v:
                 raise BadEpsilonError(f"--eps {token!r} has an empty value between commas; "
                                       f"{EPS_FORMS}")
-            try:
-                value = float(Fraction(v)) if "/" in v else float(v)
-            except (ValueError, ZeroDivisionError):
-                raise BadEpsilonError(f"--eps {v!r} is not a number ({EPS_FORMS})") from None
+            value = _number(v)
             for n in [norm] if norm else NORMS:
                 out.setdefault(n, []).append(value)
     return check_distinct(out)
+
+
+def _number(v: str) -> float:
+    """One ε of the command line (a fraction such as 8/255 allowed); -0 is 0."""
+    try:
+        return (float(Fraction(v)) if "/" in v else float(v)) + 0.0
+    except (ValueError, ZeroDivisionError):
+        raise BadEpsilonError(f"--eps {v!r} is not a number ({EPS_FORMS})") from None
+
+
+def one_eps(text: str, norm: str) -> float:
+    """The one ε of a board (``bench board --eps``): a single number for ``norm``."""
+    if "=" in text:
+        raise BadEpsilonError(f"--eps {text!r}: a board takes one number; choose the norm "
+                              f"with --norm (e.g. --norm {text.partition('=')[0].strip()} "
+                              f"--eps {text.partition('=')[2].strip()})")
+    parts = [v.strip() for v in text.split(",")]
+    if len(parts) > 1:
+        raise BadEpsilonError(f"--eps {text!r}: a board shows one threat model, so give one "
+                              f"ε (got {len(parts)}); run `bench board` once per ε")
+    if not parts[0]:
+        raise BadEpsilonError(f"--eps {text!r} holds no value; {EPS_FORMS}")
+    return check_eps(_number(parts[0]), norm)
 
 
 def eps_by_norm(eps: Mapping[str, Sequence[float]] | Sequence[float] | float

@@ -267,6 +267,31 @@ CLI_CASES = {
                       "--jobs 2 runs local processes; with --executor ray use"),
     "board-unknown-suite": (["board", "--suite", "digits"], "no records for suite 'digits'"),
     "board-eps-empty": (["board", "--suite", "mnist5k", "--eps", ""], "holds no value"),
+    "board-eps-two": (["board", "--suite", "mnist5k", "--eps", "0.1,0.3"],
+                      "a board shows one threat model, so give one ε (got 2)"),
+    "board-eps-norm-token": (["board", "--suite", "mnist5k", "--eps", "l2=1.5"],
+                             "choose the norm with --norm (e.g. --norm l2 --eps 1.5)"),
+    "board-eps-out-of-range": (["board", "--suite", "mnist5k", "--eps", "2"],
+                               "out of range for the linf norm"),
+    "board-attacks-match-nothing": (["board", "--suite", "mnist5k", "--attacks", "nosuch"],
+                                    "unknown attack 'nosuch'"),
+    "board-attacks-typo": (["board", "--suite", "mnist5k", "--attacks", "fgsm,fgsn"],
+                           "Did you mean: fgsm"),
+    "results-empty": ([*RUN, "--results", ""], "--results '' names no folder"),
+    "results-blank": ([*RUN, "--results", "  "], "--results '  ' names no folder"),
+    "ray-address-with-local-executor": ([*RUN, "--ray-address", "127.0.0.1:6379"],
+                                        "--ray-address 127.0.0.1:6379 sizes Ray tasks and takes "
+                                        "effect with --executor ray only"),
+    "threads-per-task-with-local-executor": ([*RUN, "--threads-per-task", "0"],
+                                             "--threads-per-task 0 sizes Ray tasks"),
+    "gpus-per-task-with-local-executor": ([*RUN, "--gpus-per-task", "-1"],
+                                          "--gpus-per-task -1.0 sizes Ray tasks"),
+    "threads-per-task-zero": ([*RUN, "--executor", "ray", "--threads-per-task", "0"],
+                              "--threads-per-task must be a positive number of CPU threads"),
+    "gpus-per-task-negative": ([*RUN, "--executor", "ray", "--gpus-per-task", "-1"],
+                               "--gpus-per-task must be a number of GPUs ≥ 0"),
+    "gpus-per-task-nan": ([*RUN, "--executor", "ray", "--gpus-per-task", "nan"],
+                          "--gpus-per-task must be a number of GPUs ≥ 0"),
     "train-models-empty": (["train", ""], "empty model pattern ''"),
     "train-models-comma": (["train", " , "], "empty model pattern ' , '"),
     "train-unknown": (["train", "digits-mlp5x100-rf"], "Did you mean: digits-mlp5x100-ref"),
@@ -279,7 +304,7 @@ if not torch.cuda.is_available():
 
 
 def _run_cli(argv: list[str], records: Path, capsys) -> tuple[int, str]:
-    if argv[0] in ("run", "board"):
+    if argv[0] in ("run", "board") and "--results" not in argv:
         argv = [*argv, "--results", str(records)]
     before = _hashes(records, RECORDS_DIR)
     code = main(argv)
@@ -498,3 +523,14 @@ def test_site_builder_claims_new_and_empty_folders_and_cleans_only_its_own(tmp_p
         assert not (out / "board-stale.html").exists()
     with pytest.raises(SiteFolderError, match="is a file"):
         build_site(tmp_path / "no-records", empty / "index.html")
+
+
+def test_minus_zero_is_the_same_eps_as_zero(tmp_path, capsys):
+    """`--eps -0` is ε = 0, the same cell as `--eps 0` (it was a second cell with its own key)."""
+    root = str(tmp_path / "rec")
+    assert main([*RUN[:5], "--eps", "-0", "--n", "5", "--results", root, "--no-progress"]) == 0
+    assert main([*RUN[:5], "--eps", "0", "--n", "5", "--results", root, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "0 cells run, 1 already recorded" in out, out
+    (line,) = (tmp_path / "rec" / "custom.cells.jsonl").read_text().splitlines()
+    assert json.loads(line)["eps"] == 0 and '"eps": -0' not in line
