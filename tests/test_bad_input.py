@@ -463,6 +463,26 @@ API_CASES = {
     "api-n-zero": (dict(n=0), QBenchError, "n must be between 1 and 300"),
     "api-unknown-device": (dict(device="tpu"), QBenchError, "unknown device 'tpu'"),
     "api-unknown-dataset": (dict(dataset="digitz"), UnknownNameError, "unknown dataset"),
+    # wrong types: a named error, never a raw TypeError from deep inside
+    "api-eps-none": (dict(eps=None), BadEpsilonError, "eps must be a number, a list"),
+    "api-eps-bool": (dict(eps=True), BadEpsilonError, "got True"),
+    "api-eps-list-of-none": (dict(eps=[0.1, None]), BadEpsilonError, "got [0.1, None]"),
+    "api-n-str": (dict(n="20"), QBenchError, "n must be a whole number (int), got '20' (str)"),
+    "api-n-float": (dict(n=20.0), QBenchError, "got 20.0 (float)"),
+    "api-n-bool": (dict(n=True), QBenchError, "got True (bool)"),
+    "api-seed-str": (dict(seed="abc"), QBenchError, "seed must be a whole number"),
+    "api-attacks-none": (dict(attacks=None), QBenchError, "attacks must be a name or wildcard"),
+    "api-attacks-list-of-int": (dict(attacks=[1]), QBenchError, "got [1]"),
+    "api-dataset-none": (dict(dataset=None), QBenchError, "dataset must be the name of a "
+                         "registered dataset"),
+    "model-plain-function": (dict(model=lambda x: x), BadModelError,
+                             "model must be a torch.nn.Module"),
+    "model-int64-logits": (dict(model=_Wrong(lambda z, x: (100 * z).long())), BadModelError,
+                           "returns torch.int64 logits; it must return floating-point"),
+    "model-ignores-input": (dict(model=_Wrong(lambda z, x: z[:1].expand(len(x), 10) * 0 + 1)),
+                            BadModelError, "same logits for all 20 test inputs"),
+    "model-writes-into-input": (dict(model=_Wrong(lambda z, x: (x.mul_(0.5), z)[1])),
+                                BadModelError, "writes into its input tensor"),
 }
 
 
@@ -477,6 +497,15 @@ def test_evaluate_bad_input_raises_a_named_error(case, records):
         bench.evaluate(args.pop("model"), **args)
     assert message in str(err.value) and "\n" not in str(err.value)
     assert _hashes(records, RECORDS_DIR) == before
+
+
+def test_a_model_writing_into_its_input_leaves_the_dataset_as_it_was():
+    data = zoo.load_dataset("digits")
+    before = data.test_x.clone()
+    with pytest.raises(BadModelError, match="writes into its input"):
+        bench.evaluate(_Wrong(lambda z, x: (x.mul_(0.5), z)[1]), dataset="digits",
+                       attacks="fgsm", eps=0.1, n=20, device="cpu")
+    assert torch.equal(zoo.load_dataset("digits").test_x, before)
 
 
 def test_evaluate_accepts_the_good_model_of_the_table():
