@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -197,13 +196,12 @@ def check_common(args: argparse.Namespace) -> None:
         if given:
             raise QBenchError(f"{', '.join(given)} sizes Ray tasks and takes effect with "
                               "--executor ray only; add --executor ray, or leave it out")
-    if getattr(args, "threads_per_task", 1) < 1:
-        raise QBenchError(f"--threads-per-task must be a positive number of CPU threads, got "
-                          f"{args.threads_per_task}")
-    gpus = getattr(args, "gpus_per_task", 0.0)
-    if not (math.isfinite(gpus) and gpus >= 0):
-        raise QBenchError(f"--gpus-per-task must be a number of GPUs ≥ 0 (fractions allowed), "
-                          f"got {gpus}")
+    elif hasattr(args, "executor"):
+        from bench.distributed import check_task_size, probe
+
+        check_task_size(args.gpus_per_task, args.threads_per_task)
+        if args.ray_address not in (None, "auto"):
+            probe(args.ray_address)  # a cluster that cannot be there: refused before anything
 
 
 def cmd_run(args: argparse.Namespace) -> int:

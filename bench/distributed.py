@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -139,14 +141,48 @@ def describe_model(shipped: Shipped, *, grid: Grid, data_root: str | None, devic
     return model_record(model, shipped.name, shipped.sha256, shipped.card, grid, data, device)
 
 
+def check_task_size(gpus_per_task: float, threads_per_task: int) -> None:
+    """Refuse task sizes Ray cannot schedule, naming the value."""
+    if isinstance(threads_per_task, bool) or not isinstance(threads_per_task, int) \
+            or threads_per_task < 1:
+        raise QBenchError(f"--threads-per-task must be a positive number of CPU threads, got "
+                          f"{threads_per_task}")
+    if not (math.isfinite(gpus_per_task) and gpus_per_task >= 0):
+        raise QBenchError(f"--gpus-per-task must be a number of GPUs ≥ 0 (fractions allowed), "
+                          f"got {gpus_per_task}")
+
+
+#: how long the driver waits for a cluster's head to accept a connection
+CONNECT_TIMEOUT_S = 10.0
+
+
+def probe(address: str) -> None:
+    """Refuse, within :data:`CONNECT_TIMEOUT_S`, a ``HOST:PORT`` that is malformed or where
+    nothing accepts a connection (``ray.init`` waits on such an address until killed)."""
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")  # ray://HOST:PORT too
+    hint = ("start one with `ray start --head` and pass the address it prints, use 'auto' on "
+            "a node that joined a cluster, or leave --ray-address out to start a local one")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise QBenchError(f"--ray-address {address!r} is not HOST:PORT with a port from 1 to "
+                          f"65535 (or 'auto'); {hint}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise QBenchError(f"cannot reach a Ray cluster at {address!r}: nothing accepts a "
+                          f"connection there ({exc.strerror or type(exc).__name__}); "
+                          f"{hint}") from None
+
+
 def connect(address: str | None, threads_per_task: int) -> bool:
     """Join the cluster at ``address`` (``auto``, ``HOST:PORT``, or ``$RAY_ADDRESS``), or
     start a local one when neither is given; True when this call started Ray."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address not in (None, "auto"):
+        probe(address)
     import ray
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  logging_level="ERROR")
@@ -167,10 +203,7 @@ def run_on_ray(grid: Grid, rec: Recorder, *, address: str | None, gpus_per_task:
     """Run ``grid`` as Ray tasks; ``rec`` records what they return (see the module doc)."""
     import ray
 
-    if gpus_per_task < 0 or threads_per_task < 1:
-        raise QBenchError(f"--gpus-per-task must be >= 0 (fractions allowed) and "
-                          f"--threads-per-task >= 1; got {gpus_per_task:g} and "
-                          f"{threads_per_task}")
+    check_task_size(gpus_per_task, threads_per_task)
     started = connect(address, threads_per_task)
     device = "cuda" if gpus_per_task > 0 else "cpu"
     opts = dict(num_cpus=threads_per_task, num_gpus=gpus_per_task, max_retries=MAX_RETRIES)

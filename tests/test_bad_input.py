@@ -292,6 +292,14 @@ CLI_CASES = {
                                "--gpus-per-task must be a number of GPUs ≥ 0"),
     "gpus-per-task-nan": ([*RUN, "--executor", "ray", "--gpus-per-task", "nan"],
                           "--gpus-per-task must be a number of GPUs ≥ 0"),
+    # an address where no cluster can be is refused at once (ray.init waited until killed)
+    "ray-address-bad-port": ([*RUN, "--executor", "ray", "--ray-address", "garbage:99999"],
+                             "is not HOST:PORT with a port from 1 to 65535"),
+    "ray-address-no-port": ([*RUN, "--executor", "ray", "--ray-address", "headnode"],
+                            "is not HOST:PORT"),
+    "ray-address-nothing-listens": ([*RUN, "--executor", "ray", "--ray-address", "127.0.0.1:1"],
+                                    "cannot reach a Ray cluster at '127.0.0.1:1': nothing "
+                                    "accepts a connection there"),
     "train-models-empty": (["train", ""], "empty model pattern ''"),
     "train-models-comma": (["train", " , "], "empty model pattern ' , '"),
     "train-unknown": (["train", "digits-mlp5x100-rf"], "Did you mean: digits-mlp5x100-ref"),
