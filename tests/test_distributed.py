@@ -6,9 +6,11 @@ Every Ray here is local (2 CPUs): started by the run itself, or by a fixture for
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -132,3 +134,71 @@ def per_sample_custom(root: Path) -> dict[str, tuple]:
     df = results.load("custom", root=root)
     assert len(df) == 2 and set(df["model"]) == {"mypkg-digits-mlp2x32-bnn-waq"}
     return {r.key: tuple(r.robust) for r in df.itertuples()}
+
+
+def _raylets() -> set[int]:
+    return {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+            and b"raylet" in cmdline(p.name).split(b"\0")[0]}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the raylets in /proc")
+def test_a_real_cluster_started_as_the_readme_says_survives_a_killed_node(tmp_path_factory,
+                                                                         local_run):
+    """The README's recipe, run as a user would: token authentication, `ray start --head`, a
+    second node joined with `ray start --address` (both on this machine, loopback only), the
+    grid through `--ray-address`; the joined node's raylet is SIGKILLed mid-run. Every cell
+    is recorded once, with the local run's per-sample results."""
+    base = Path(tempfile.mkdtemp(prefix="qbr", dir="/tmp"))  # Ray's socket paths must be short
+    home, rec = base / "home", base / "rec"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token",
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+
+    def ray_cmd(*args: str) -> None:
+        done = subprocess.run([ray_cli, *args], env=env, capture_output=True, text=True,
+                              timeout=120, check=False)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    try:
+        ray_cmd("get-auth-token", "--generate")  # the token every node and the driver read
+        ray_cmd("start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                "--num-cpus=1", "--include-dashboard=false", f"--temp-dir={base / 't'}")
+        head = _raylets()
+        ray_cmd("start", f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=1")
+        joined = _raylets() - head
+        assert len(joined) == 1, (head, joined)
+        t0 = time.monotonic()
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "bench", "run", "--models", GRID["models"], "--attacks",
+             GRID["attacks"], "--eps", "linf=0.1,0.3", "--n", str(GRID["n"]), "--seed",
+             str(GRID["seed"]), "--executor", "ray", "--ray-address", address, "--results",
+             str(rec), "--no-progress"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
+        cells = rec / "custom.cells.jsonl"
+        while driver.poll() is None and not (cells.is_file() and cells.read_text().strip()):
+            time.sleep(0.2)  # the first cell is recorded: tasks are running on both nodes
+        os.kill(joined.pop(), signal.SIGKILL)
+        out, _ = driver.communicate(timeout=600)
+        seconds = time.monotonic() - t0
+    finally:
+        ray_cmd("stop", "--force")
+    lines = cells.read_text().splitlines()
+    shutil.rmtree(base, ignore_errors=True)
+    assert driver.returncode == 0, out[-3000:]
+    got = {r.key: (r.status, tuple(r.robust), tuple(r.clean_correct))
+           for r in results.load("custom", root=rec).itertuples()}
+    assert len(lines) == len(got) == 20, out[-3000:]  # each cell once
+    assert got == per_sample(local_run)
+    print(f"cluster run with a killed node: {seconds:.0f} s")
