@@ -278,10 +278,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_board(args: argparse.Namespace) -> int:
     from bench.suites import DEFAULT_SUITE
     from results import load, load_models
+    from results.store import check_records_folder
     from results.tables import attack_costs, board, to_markdown
     from zoo.errors import QBenchError, match_names
 
     suite = args.suite or DEFAULT_SUITE
+    check_records_folder(suite, args.results, write=False)
     cells = load(suite, root=args.results)
     if cells.empty:
         raise QBenchError(f"no records for suite {suite!r} (run `python -m bench run --suite "

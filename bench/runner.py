@@ -33,6 +33,7 @@ from results.schema import RecordError, finite
 from results.store import (
     CellLog,
     append_model,
+    check_records_folder,
     is_current_model_record,
     latest_models,
     latest_models_in,
@@ -604,6 +605,7 @@ def run_grid(
     """
     if executor not in ("local", "ray"):
         raise QBenchError(f"unknown executor {executor!r}; allowed: local, ray")
+    check_records_folder(grid.suite, results_root, write=True)
     if jobs != 1:
         if executor != "local":
             raise QBenchError(f"--jobs {jobs} runs local processes; with --executor ray use "

@@ -39,6 +39,49 @@ def models_path(suite: str, root: Path | None = None) -> Path:
     return (root or RECORDS_DIR) / f"{suite}.models.jsonl"
 
 
+def _kind(path: Path) -> str:
+    """'a directory', 'a FIFO', … : what stands at ``path``."""
+    import stat
+
+    mode = path.stat().st_mode
+    for test, name in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_records_folder(suite: str, root: Path | None = None, *, write: bool) -> None:
+    """Refuse, before anything is read or written, a records folder a run or a board cannot
+    use: a folder that is a file, cannot be created or (``write``) written, and records or
+    lock files that are not regular files (a FIFO would block every reader). Raises
+    :class:`RecordError` naming the path and what to do."""
+    folder = Path(root) if root is not None else RECORDS_DIR
+    if folder.exists() and not folder.is_dir():
+        raise RecordError(f"records folder {folder} is {_kind(folder)}, not a folder; give "
+                          "--results a folder (new or existing)")
+    files = [cells_path(suite, folder), models_path(suite, folder)]
+    for path in [*files, *(Path(f"{f}.lock") for f in files)]:
+        if path.exists() and not path.is_file():
+            raise RecordError(f"records file {path} is {_kind(path)}, not a regular file; move "
+                              "it away or give --results another folder")
+    if not write:
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RecordError(f"records folder {folder} cannot be created ({exc.strerror}); give "
+                          "--results a folder you can write to") from None
+    probe = folder / f".qbench-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise RecordError(f"records folder {folder} is not writable ({exc.strerror}); give "
+                          "--results a folder you can write to") from None
+
+
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Hold the exclusive lock of a records file (an advisory ``flock`` on ``<file>.lock``)."""
@@ -104,6 +147,9 @@ def _parses(blob: bytes) -> bool:
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, text) of every record line; a last line without newline only if whole."""
+    if not path.is_file():  # a FIFO would block the read forever, a directory cannot be read
+        raise RecordError(f"records file {path} is {_kind(path)}, not a regular file; move it "
+                          "away or give --results another folder")
     data = path.read_bytes()
     lines = data.split(b"\n")
     tail = lines.pop()  # b"" when the file ends in a newline

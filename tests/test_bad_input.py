@@ -14,6 +14,8 @@ import os
 import pickle
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,7 @@ from zoo.errors import (
     UnknownNameError,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 DIGITS = "digits-mlp5x100-ref"
 RUN = ["run", "--models", DIGITS, "--attacks", "fgsm", "--eps", "0.1", "--n", "20"]
 
@@ -571,3 +574,55 @@ def test_minus_zero_is_the_same_eps_as_zero(tmp_path, capsys):
     assert "0 cells run, 1 already recorded" in out, out
     (line,) = (tmp_path / "rec" / "custom.cells.jsonl").read_text().splitlines()
     assert json.loads(line)["eps"] == 0 and '"eps": -0' not in line
+
+
+def _folder_is_a_file(tmp: Path) -> Path:
+    (tmp / "f").write_text("not a folder")
+    return tmp / "f"
+
+
+def _under_a_file(tmp: Path) -> Path:
+    return _folder_is_a_file(tmp) / "sub"
+
+
+def _records_file_is(kind: str, name: str = "custom.cells.jsonl"):
+    def make(tmp: Path) -> Path:
+        (tmp / "rec").mkdir()
+        path = tmp / "rec" / name
+        path.mkdir() if kind == "dir" else os.mkfifo(path)
+        return tmp / "rec"
+    return make
+
+
+#: a records folder that is not what it should be: (make it, what the one line says)
+FOLDER_CASES = {
+    "folder-is-a-file": (_folder_is_a_file, "is a regular file, not a folder"),
+    "folder-is-dev-null": (lambda tmp: Path("/dev/null"), "is a character device, not a folder"),
+    "folder-under-a-file": (_under_a_file, "cannot be created (Not a directory)"),
+    "folder-in-proc": (lambda tmp: Path("/proc/qbench-records"), "cannot be created"),
+    "cells-file-is-a-dir": (_records_file_is("dir"), "custom.cells.jsonl is a directory"),
+    "lock-file-is-a-dir": (_records_file_is("dir", "custom.cells.jsonl.lock"),
+                           "custom.cells.jsonl.lock is a directory"),
+    "models-file-is-a-dir": (_records_file_is("dir", "custom.models.jsonl"),
+                             "custom.models.jsonl is a directory"),
+    "cells-file-is-a-fifo": (_records_file_is("fifo"), "is a FIFO (named pipe), not a regular"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["run", "board"])
+@pytest.mark.parametrize("case", list(FOLDER_CASES))
+def test_an_unusable_records_folder_is_one_line_and_exit_2(case, command, tmp_path):
+    """In a subprocess with a time limit: a FIFO used to block the run (and the board) forever."""
+    make, message = FOLDER_CASES[case]
+    folder = make(tmp_path)
+    argv = ([*RUN, "--no-progress"] if command == "run" else ["board", "--suite", "custom"])
+    done = subprocess.run([sys.executable, "-m", "bench", *argv, "--results", str(folder)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    if command == "board" and case.startswith("folder-") and "a regular file" not in message \
+            and "device" not in message:
+        message = "no records for suite 'custom'"  # nothing to read there: nothing to show
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert message in done.stderr, done.stderr
+    assert done.stdout == ""
