@@ -371,6 +371,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from results import RecordError
+    from results.store import RecordWriteError
     from zoo.errors import QBenchError
 
     args = build_parser().parse_args(argv)
@@ -382,6 +383,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QBenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RecordWriteError as exc:  # the environment failed during a run: finished cells kept
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except RecordError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

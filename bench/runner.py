@@ -32,6 +32,7 @@ from results import CellRecord, ModelRecord, cells_path, latest_cells, models_pa
 from results.schema import RecordError, finite
 from results.store import (
     CellLog,
+    RecordWriteError,
     append_model,
     check_records_folder,
     is_current_model_record,
@@ -568,6 +569,8 @@ class Recorder:
         try:
             if self.wants_model_record(name, sha):
                 append_model(self.mpath, describe())
+        except RecordWriteError:
+            raise  # the records cannot be written (a full disk): the run stops
         except Exception as exc:  # noqa: BLE001 - the cells are recorded; say what failed
             self.summary.failures.append(f"{name}: diagnostics failed: {type(exc).__name__}: "
                                          f"{exc}"[:500])
@@ -651,6 +654,8 @@ def run_grid(
                 limits=grid.limits.get(name, {}),
             ):
                 pass  # each record is appended as its cell finishes
+        except RecordWriteError:
+            raise  # the records cannot be written (a full disk): the run stops, nothing is lost
         except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the grid
             reason = str(exc) if isinstance(exc, StageError) else \
                 StageError(stage, exc).args[0]

@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,6 @@ def models_path(suite: str, root: Path | None = None) -> Path:
 
 def _kind(path: Path) -> str:
     """'a directory', 'a FIFO', … : what stands at ``path``."""
-    import stat
-
     mode = path.stat().st_mode
     for test, name in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
                        (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
@@ -99,11 +98,29 @@ def _encode(record: CellRecord | ModelRecord) -> bytes:
     return (json.dumps(to_dict(record), sort_keys=True, allow_nan=False) + "\n").encode()
 
 
+class RecordWriteError(RecordError):
+    """A record could not be written (disk full, I/O error): an environment failure, not bad
+    input. The file is left as it was before the write."""
+
+
 def _write(path: Path, line: bytes) -> None:
-    with open(path, "ab") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+    """Append ``line`` whole or not at all: a failed write (a full disk) is truncated back to
+    the file's previous end, so no half-written line is ever left behind."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        end = os.fstat(fd).st_size
+        try:
+            rest = memoryview(line)
+            while rest:
+                rest = rest[os.write(fd, rest):]
+            os.fsync(fd)
+        except OSError as exc:
+            os.ftruncate(fd, end)
+            raise RecordWriteError(f"cannot write to records file {path} ({exc.strerror}); "
+                                   "every record before this one is intact, and a rerun "
+                                   "continues from them once there is room") from None
+    finally:
+        os.close(fd)
 
 
 def append(path: Path, record: CellRecord | ModelRecord) -> None:

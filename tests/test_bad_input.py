@@ -626,3 +626,31 @@ def test_an_unusable_records_folder_is_one_line_and_exit_2(case, command, tmp_pa
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
     assert message in done.stderr, done.stderr
     assert done.stdout == ""
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_the_run_in_one_line_and_leaves_no_half_written_record(tmp_path):
+    """On a 16 KiB tmpfs the records file fills up after a few cells: the run ends with exit 1
+    and one line naming the file and the cause; every line left is a whole record."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)],
+                           capture_output=True, text=True, check=False)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mount.stderr.strip()}")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "bench", "run", "--models",
+             "digits-mlp5x100-ref,digits-mlp5x100-bnn-waq", "--attacks", "fgsm,pgd-linf",
+             "--eps", "0.1", "0.2", "0.3", "--n", "300", "--results", str(disk),
+             "--no-progress"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+        blob = (disk / "custom.cells.jsonl").read_bytes()
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: cannot write to records file {disk}/custom.cells"
+                                  ".jsonl (No space left on device)"), done.stderr
+    lines = blob.decode().splitlines()
+    assert 0 < len(lines) < 12 and blob.endswith(b"\n")
+    assert all(json.loads(line)["status"] == "ok" for line in lines)
