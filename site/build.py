@@ -50,9 +50,13 @@ def claim_out_dir(out_dir: Path) -> None:
             f"--out {out_dir} is not empty and was not created by the site builder (no "
             f"{MARKER} file in it), so it refuses to write there; give a new or empty folder, "
             "or one an earlier `python -m leaderboard` created")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MARKER).write_text("created by `python -m leaderboard`; stale pages and "
-                                  "figures in this folder are deleted on every build\n")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / MARKER).write_text("created by `python -m leaderboard`; stale pages and "
+                                      "figures in this folder are deleted on every build\n")
+    except OSError as exc:
+        raise SiteFolderError(f"--out {out_dir} cannot be created or written ({exc.strerror}: "
+                              f"{exc.filename}); give a folder you can write to") from None
 
 
 def _pct(v) -> str:
@@ -146,8 +150,12 @@ def build_site(records_root: Path | None, out_dir: Path) -> Path:
     written or deleted.
     """
     out_dir = Path(out_dir)
+    if records_root is not None and not Path(records_root).is_dir():
+        what = "is not a folder" if Path(records_root).exists() else "does not exist"
+        raise SiteFolderError(f"--records {records_root} {what}; give the folder that holds "
+                              "the *.cells.jsonl records (the project's: results/records)")
+    rec = data.load(records_root)  # a corrupt records file stops here, before --out is made
     claim_out_dir(out_dir)
-    rec = data.load(records_root)
     boards = data.boards(rec)
     suites = data.suites(rec, boards)
     attack_rows, gap_matrix = data.attack_stats(rec)

@@ -555,6 +555,7 @@ def test_site_builder_claims_new_and_empty_folders_and_cleans_only_its_own(tmp_p
 
     empty = tmp_path / "empty"
     empty.mkdir()
+    (tmp_path / "no-records").mkdir()  # an empty records folder (a missing one is refused)
     for out in (tmp_path / "new" / "site", empty):
         build_site(tmp_path / "no-records", out)
         assert (out / MARKER).is_file() and (out / "index.html").is_file()
@@ -654,3 +655,37 @@ def test_a_full_disk_ends_the_run_in_one_line_and_leaves_no_half_written_record(
     lines = blob.decode().splitlines()
     assert 0 < len(lines) < 12 and blob.endswith(b"\n")
     assert all(json.loads(line)["status"] == "ok" for line in lines)
+
+
+def _site_case(tmp: Path, case: str) -> tuple[Path | None, Path]:
+    """(--records, --out) of a site-builder case."""
+    (tmp / "afile").write_text("x")
+    bad = tmp / "bad"
+    bad.mkdir()
+    (bad / "x.cells.jsonl").write_text("garbage\n")
+    return {
+        "out-under-a-file": (None, tmp / "afile" / "site"),
+        "out-in-proc": (None, Path("/proc/qbench-site")),
+        "records-missing": (tmp / "nosuch", tmp / "o"),
+        "records-a-file": (tmp / "afile", tmp / "o"),
+        "records-corrupt": (bad, tmp / "o"),
+    }[case]
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("out-under-a-file", "cannot be created or written (Not a directory"),
+    ("out-in-proc", "cannot be created or written"),
+    ("records-missing", "does not exist; give the folder that holds the *.cells.jsonl"),
+    ("records-a-file", "is not a folder; give the folder that holds the *.cells.jsonl"),
+    ("records-corrupt", "corrupt records file"),
+])
+def test_the_site_builder_refuses_bad_folders_and_leaves_no_out_folder(case, message, tmp_path):
+    from leaderboard.build import SiteFolderError, build_site
+
+    from results import RecordError
+
+    records, out = _site_case(tmp_path, case)
+    with pytest.raises((SiteFolderError, RecordError)) as err:
+        build_site(records, out)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert not out.exists()  # a refused build leaves nothing behind (it made --out first)

@@ -348,6 +348,7 @@ def test_fliprate_figure_on_the_model_page(site):
 
 
 def test_empty_records_give_a_page_not_a_crash(tmp_path):
+    (tmp_path / "none").mkdir()  # a records folder with no records yet
     index = build_site(tmp_path / "none", tmp_path / "out")
     assert "No records yet" in index.read_text(encoding="utf-8")
     assert (tmp_path / "out" / "attacks.html").exists()
