@@ -221,6 +221,8 @@ def run_on_ray(grid: Grid, rec: Recorder, *, address: str | None, gpus_per_task:
                                     progress=progress, data_root=data_root,
                                     max_train_steps=max_train_steps)
                 shipped = pack(name, card)
+            except CorruptWeightsError:
+                raise  # a weights file or card of this machine: one line, not error cells
             except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the grid
                 rec.fail(name, "", StageError("training", exc).args[0], plan, device)
                 continue

@@ -41,7 +41,7 @@ from results.store import (
 )
 from zoo import get_model, list_models, load_dataset, model_spec, tensor_sha256
 from zoo.data import Dataset, dataset_info
-from zoo.errors import BadEpsilonError, QBenchError, match_names
+from zoo.errors import BadEpsilonError, CorruptWeightsError, QBenchError, match_names
 from zoo.layers import frozen
 
 
@@ -654,8 +654,11 @@ def run_grid(
                 limits=grid.limits.get(name, {}),
             ):
                 pass  # each record is appended as its cell finishes
-        except RecordWriteError:
-            raise  # the records cannot be written (a full disk): the run stops, nothing is lost
+        except (RecordWriteError, CorruptWeightsError):
+            # the records cannot be written (a full disk), or a weights file or card is not
+            # what it must be: a problem of this machine's files, not of the model. The run
+            # stops with one line; every finished cell is kept
+            raise
         except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the grid
             reason = str(exc) if isinstance(exc, StageError) else \
                 StageError(stage, exc).args[0]

@@ -376,6 +376,16 @@ WEIGHT_CASES = {
                           "unreadable"),
     "card-without-sha": (lambda w, c: c.write_text('{"recipe_id": "x"}'), ["show", DIGITS],
                          "no weights_sha256"),
+    "weights-a-directory": (lambda w, c: (w.unlink(), w.mkdir()), ["train", DIGITS],
+                            "is a directory, not a file"),
+    "card-a-directory": (lambda w, c: (c.unlink(), c.mkdir()), ["show", DIGITS],
+                         "is a directory, not a file"),
+    "card-clean-acc-a-string": (
+        lambda w, c: c.write_text(c.read_text().replace('"clean_acc": ', '"clean_acc": "x", '
+                                                        '"_was": ')), ["show", DIGITS],
+        "clean_acc is 'x', not a fraction in [0, 1]"),
+    # a run stops with the one line too: a file problem is not the model's (no error cells)
+    "run-with-flipped-weights": (lambda w, c: _flip_byte(w), RUN, "sha256"),
 }
 
 
@@ -386,11 +396,12 @@ def test_corrupt_weights_and_cards_are_one_line(case, shipped_copy, records, cap
     assert main(["train", DIGITS]) == 0  # the copy is valid as made
     capsys.readouterr()
     corrupt(wpath, cpath)
-    weights = {p: p.read_bytes() for p in (wpath, cpath) if p.exists()}
-    code, err = _run_cli(argv, records, capsys)
+    weights = {p: p.read_bytes() for p in (wpath, cpath) if p.is_file()}
+    code, err = _run_cli([*argv, "--no-progress"] if argv[0] == "run" else argv, records,
+                         capsys)
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert message in err and "git checkout --" in err, err
-    assert {p: p.read_bytes() for p in (wpath, cpath) if p.exists()} == weights
+    assert {p: p.read_bytes() for p in (wpath, cpath) if p.is_file()} == weights
 
 
 def test_weights_that_do_not_fit_the_architecture_are_one_line(shipped_copy, records, capsys):
@@ -689,3 +700,22 @@ def test_the_site_builder_refuses_bad_folders_and_leaves_no_out_folder(case, mes
         build_site(records, out)
     assert message in str(err.value) and "\n" not in str(err.value)
     assert not out.exists()  # a refused build leaves nothing behind (it made --out first)
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("folder-a-file", "weights folder {cache}/weights is a file, not a folder"),
+    ("lock-a-directory", "lock file {cache}/weights/" + DIGITS + ".lock is a directory"),
+])
+def test_an_odd_weights_cache_is_one_line(case, message, tmp_path, monkeypatch, capsys):
+    """Training into the cache (--retrain) where the cache is not what it should be."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("QBENCH_CACHE", str(cache))
+    cache.mkdir()
+    if case == "folder-a-file":
+        (cache / "weights").write_text("x")
+    else:
+        (cache / "weights" / f"{DIGITS}.lock").mkdir(parents=True)
+    code = main(["train", DIGITS, "--retrain"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert message.format(cache=cache) in err, err

@@ -94,12 +94,19 @@ def model_lock(name: str, root: Path | None = None) -> Iterator[None]:
     read, and reading a complete, renamed file needs none.
     """
     wpath, _ = paths_for(name, root)
+    folder, lock = wpath.parent, wpath.with_name(f"{name}.lock")
+    if folder.exists() and not folder.is_dir():
+        raise CorruptWeightsError(f"weights folder {folder} is a file, not a folder; move it "
+                                  "away or point QBENCH_CACHE at another folder")
+    _not_a_file(lock, "lock file", f"Remove it (`rmdir {lock}`); it is made again as needed.")
     try:
-        wpath.parent.mkdir(parents=True, exist_ok=True)
-        f = open(wpath.with_name(f"{name}.lock"), "a")  # noqa: SIM115 - closed below
-    except OSError:
-        if not _read_only(wpath.parent):
-            raise
+        folder.mkdir(parents=True, exist_ok=True)
+        f = open(lock, "a")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        if not _read_only(folder):
+            raise CorruptWeightsError(f"weights folder {folder} cannot be written "
+                                      f"({exc.strerror}); point QBENCH_CACHE at a folder "
+                                      "you can write to") from None
         f = None
     if f is None:  # a read-only cache: nothing can be written, so there is nothing to lock
         yield
@@ -135,18 +142,30 @@ def save_weights(name: str, state: dict[str, torch.Tensor], card: dict, root: Pa
     return card
 
 
+def _not_a_file(path: Path, what: str, fix: str) -> None:
+    """Raise CorruptWeightsError when something other than a regular file stands at ``path``."""
+    if path.exists() and not path.is_file():
+        kind = "a directory" if path.is_dir() else "not a regular file"
+        raise CorruptWeightsError(f"{what} {path} is {kind}, not a file. {fix}")
+
+
 def read_card(name: str, root: Path | None = None) -> dict | None:
     """The model card, or None when the model was never trained here."""
     wpath, cpath = paths_for(name, root)
+    fix = _what_to_do(name, root)
     if not cpath.exists():
         return None
+    _not_a_file(cpath, "model card", fix)
     try:
         card = json.loads(cpath.read_text())
         if not isinstance(card, dict) or "weights_sha256" not in card:
             raise ValueError("no weights_sha256 field")
-    except ValueError as exc:
-        raise CorruptWeightsError(f"model card {cpath} is unreadable ({exc}). "
-                                  f"{_what_to_do(name, root)}") from None
+        acc = card.get("clean_acc")
+        if acc is not None and (isinstance(acc, bool) or not isinstance(acc, int | float)
+                                or not 0 <= acc <= 1):
+            raise ValueError(f"clean_acc is {acc!r}, not a fraction in [0, 1]")
+    except (ValueError, OSError) as exc:
+        raise CorruptWeightsError(f"model card {cpath} is unreadable ({exc}). {fix}") from None
     return card
 
 
@@ -165,6 +184,7 @@ def load_weights(name: str, card: dict, root: Path | None = None) -> dict[str, t
     fix = _what_to_do(name, root)
     if not wpath.exists():
         raise CorruptWeightsError(f"weights file {wpath} is missing but its card exists. {fix}")
+    _not_a_file(wpath, "weights file", fix)
     actual = file_sha256(wpath)
     if actual != card["weights_sha256"]:
         raise CorruptWeightsError(
