@@ -65,6 +65,11 @@ def check_records_folder(suite: str, root: Path | None = None, *, write: bool) -
         if path.exists() and not path.is_file():
             raise RecordError(f"records file {path} is {_kind(path)}, not a regular file; move "
                               "it away or give --results another folder")
+    claims = folder / CLAIMS_DIR
+    if write and claims.exists() and not claims.is_dir():
+        raise RecordError(f"{claims} (where a run marks the cells it computes) is "
+                          f"{_kind(claims)}, not a folder; move it away or give --results "
+                          "another folder")
     if not write:
         return
     try:

@@ -618,6 +618,8 @@ FOLDER_CASES = {
     "models-file-is-a-dir": (_records_file_is("dir", "custom.models.jsonl"),
                              "custom.models.jsonl is a directory"),
     "cells-file-is-a-fifo": (_records_file_is("fifo"), "is a FIFO (named pipe), not a regular"),
+    "claims-is-a-file": (lambda tmp: (tmp / ".claims").write_text("x") and tmp,
+                         ".claims (where a run marks the cells it computes) is a regular file"),
 }
 
 
@@ -631,8 +633,8 @@ def test_an_unusable_records_folder_is_one_line_and_exit_2(case, command, tmp_pa
     argv = ([*RUN, "--no-progress"] if command == "run" else ["board", "--suite", "custom"])
     done = subprocess.run([sys.executable, "-m", "bench", *argv, "--results", str(folder)],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
-    if command == "board" and case.startswith("folder-") and "a regular file" not in message \
-            and "device" not in message:
+    if command == "board" and ((case.startswith("folder-") and "a regular file" not in message
+                                and "device" not in message) or case == "claims-is-a-file"):
         message = "no records for suite 'custom'"  # nothing to read there: nothing to show
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
@@ -719,3 +721,30 @@ def test_an_odd_weights_cache_is_one_line(case, message, tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert message.format(cache=cache) in err, err
+
+
+@pytest.mark.slow
+def test_records_on_a_read_only_mount_are_shown_but_not_written(tmp_path):
+    """A board reads a read-only mount of valid records; a run there is refused in one line."""
+    src, ro = tmp_path / "src", tmp_path / "ro"
+    src.mkdir()
+    ro.mkdir()
+    for name in ("mnist5k-oracle.cells.jsonl", "mnist5k-oracle.models.jsonl"):
+        shutil.copy(RECORDS_DIR / name, src / name)
+    mounted = subprocess.run(["mount", "--bind", str(src), str(ro)], capture_output=True,
+                             text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {mounted.stderr.strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], check=True)
+        bench_cmd = [sys.executable, "-m", "bench"]
+        board = subprocess.run([*bench_cmd, "board", "--suite", "mnist5k-oracle", "--eps", "0.01",
+                                "--results", str(ro)], capture_output=True, text=True,
+                               timeout=120, cwd=ROOT)
+        run = subprocess.run([*bench_cmd, *RUN, "--results", str(ro), "--no-progress"],
+                             capture_output=True, text=True, timeout=120, cwd=ROOT)
+    finally:
+        subprocess.run(["umount", str(ro)], check=False)
+    assert board.returncode == 0 and "mnist5k-mlp3x50-bnn-waq" in board.stdout, board.stderr
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert f"records folder {ro} is not writable (Read-only file system)" in run.stderr
