@@ -84,13 +84,24 @@ def check_records_folder(suite: str, root: Path | None = None, *, write: bool) -
     except OSError as exc:
         raise RecordError(f"records folder {folder} is not writable ({exc.strerror}); give "
                           "--results a folder you can write to") from None
+    for path in [*files, *(Path(f"{f}.lock") for f in files)]:
+        try:  # opened for appending and closed: nothing is written
+            if path.exists():
+                os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+        except OSError as exc:  # e.g. an immutable file
+            raise RecordError(f"records file {path} cannot be written ({exc.strerror}); make "
+                              "it writable or give --results another folder") from None
 
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Hold the exclusive lock of a records file (an advisory ``flock`` on ``<file>.lock``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(f"{path}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fd = os.open(f"{path}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError as exc:
+        raise RecordWriteError(f"cannot open the lock file {path}.lock ({exc.strerror}); "
+                               "give --results a folder you can write to") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -111,7 +122,11 @@ class RecordWriteError(RecordError):
 def _write(path: Path, line: bytes) -> None:
     """Append ``line`` whole or not at all: a failed write (a full disk) is truncated back to
     the file's previous end, so no half-written line is ever left behind."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as exc:  # e.g. an immutable file
+        raise RecordWriteError(f"cannot write to records file {path} ({exc.strerror}); every "
+                               "record before this one is intact") from None
     try:
         end = os.fstat(fd).st_size
         try:

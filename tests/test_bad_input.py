@@ -748,3 +748,22 @@ def test_records_on_a_read_only_mount_are_shown_but_not_written(tmp_path):
     assert board.returncode == 0 and "mnist5k-mlp3x50-bnn-waq" in board.stdout, board.stderr
     assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
     assert f"records folder {ro} is not writable (Read-only file system)" in run.stderr
+
+
+@pytest.mark.parametrize("what", ["cells-file", "folder"])
+def test_an_immutable_records_file_or_folder_is_one_line(what, tmp_path, capsys):
+    root = tmp_path / "rec"
+    assert main([*RUN[:5], "--eps", "0.1", "--n", "5", "--results", str(root),
+                 "--no-progress"]) == 0
+    target = root / "custom.cells.jsonl" if what == "cells-file" else root
+    if subprocess.run(["chattr", "+i", str(target)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported here")
+    try:
+        capsys.readouterr()
+        code = main([*RUN[:5], "--eps", "0.2", "--n", "5", "--results", str(root),
+                     "--no-progress"])
+    finally:
+        subprocess.run(["chattr", "-i", str(target)], check=False)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "(Operation not permitted)" in err and str(target) in err, err
