@@ -50,10 +50,6 @@ class Comparison:
     text: str  # the numbers, e.g. "PGD 3.5% vs PGD++ 2.1% (12 vs 3 discordant points, p = 0.04)"
     outcome: str  # one of OUTCOMES
 
-    @property
-    def holds(self) -> bool:
-        return self.outcome == "holds"
-
 
 @dataclass(frozen=True)
 class Claim:
