@@ -195,10 +195,10 @@ def test_a_real_cluster_started_as_the_readme_says_survives_a_killed_node(tmp_pa
     finally:
         ray_cmd("stop", "--force")
     lines = cells.read_text().splitlines()
-    shutil.rmtree(base, ignore_errors=True)
-    assert driver.returncode == 0, out[-3000:]
     got = {r.key: (r.status, tuple(r.robust), tuple(r.clean_correct))
            for r in results.load("custom", root=rec).itertuples()}
+    shutil.rmtree(base, ignore_errors=True)
+    assert driver.returncode == 0, out[-3000:]
     assert len(lines) == len(got) == 20, out[-3000:]  # each cell once
     assert got == per_sample(local_run)
     print(f"cluster run with a killed node: {seconds:.0f} s")
