@@ -51,6 +51,11 @@ def _kind(path: Path) -> str:
     return "not a regular file"
 
 
+def _not_regular(path: Path) -> RecordError:
+    return RecordError(f"records file {path} is {_kind(path)}, not a regular file; move it "
+                       "away or give --results another folder")
+
+
 def check_records_folder(suite: str, root: Path | None = None, *, write: bool) -> None:
     """Refuse, before anything is read or written, a records folder a run or a board cannot
     use: a folder that is a file, cannot be created or (``write``) written, and records or
@@ -61,10 +66,10 @@ def check_records_folder(suite: str, root: Path | None = None, *, write: bool) -
         raise RecordError(f"records folder {folder} is {_kind(folder)}, not a folder; give "
                           "--results a folder (new or existing)")
     files = [cells_path(suite, folder), models_path(suite, folder)]
-    for path in [*files, *(Path(f"{f}.lock") for f in files)]:
+    files += [Path(f"{f}.lock") for f in files]
+    for path in files:
         if path.exists() and not path.is_file():
-            raise RecordError(f"records file {path} is {_kind(path)}, not a regular file; move "
-                              "it away or give --results another folder")
+            raise _not_regular(path)
     claims = folder / CLAIMS_DIR
     if write and claims.exists() and not claims.is_dir():
         raise RecordError(f"{claims} (where a run marks the cells it computes) is "
@@ -84,7 +89,7 @@ def check_records_folder(suite: str, root: Path | None = None, *, write: bool) -
     except OSError as exc:
         raise RecordError(f"records folder {folder} is not writable ({exc.strerror}); give "
                           "--results a folder you can write to") from None
-    for path in [*files, *(Path(f"{f}.lock") for f in files)]:
+    for path in files:
         try:  # opened for appending and closed: nothing is written
             if path.exists():
                 os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
@@ -185,8 +190,7 @@ def _parses(blob: bytes) -> bool:
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, text) of every record line; a last line without newline only if whole."""
     if not path.is_file():  # a FIFO would block the read forever, a directory cannot be read
-        raise RecordError(f"records file {path} is {_kind(path)}, not a regular file; move it "
-                          "away or give --results another folder")
+        raise _not_regular(path)
     data = path.read_bytes()
     lines = data.split(b"\n")
     tail = lines.pop()  # b"" when the file ends in a newline
