@@ -676,9 +676,11 @@ def _site_case(tmp: Path, case: str) -> tuple[Path | None, Path]:
     bad = tmp / "bad"
     bad.mkdir()
     (bad / "x.cells.jsonl").write_text("garbage\n")
+    empty = tmp / "empty"
+    empty.mkdir()
     return {
-        "out-under-a-file": (None, tmp / "afile" / "site"),
-        "out-in-proc": (None, Path("/proc/qbench-site")),
+        "out-under-a-file": (empty, tmp / "afile" / "site"),
+        "out-in-proc": (empty, Path("/proc/qbench-site")),
         "records-missing": (tmp / "nosuch", tmp / "o"),
         "records-a-file": (tmp / "afile", tmp / "o"),
         "records-corrupt": (bad, tmp / "o"),

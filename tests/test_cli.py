@@ -69,6 +69,7 @@ def test_run_then_rerun_skips(tmp_path, capsys, digits_models):
     assert len(results.load("custom", root=tmp_path)) == 1
 
 
+@pytest.mark.slow
 def test_help_explains():
     out = subprocess.run([sys.executable, "-m", "bench", "run", "--help"], capture_output=True,
                          text=True, check=True).stdout

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import bench
@@ -56,6 +57,7 @@ def _evaluate(model) -> dict:
                                  device="cpu", seed=7))
 
 
+@pytest.mark.slow
 def test_same_seed_same_cells_twice_in_one_process_and_in_another(digits_models):
     """The second process runs in deterministic mode, which must change nothing on the CPU;
     it runs while this process repeats the evaluation."""

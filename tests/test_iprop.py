@@ -180,6 +180,7 @@ def test_conv_model_is_refused():
         IntegerBNN(conv)
 
 
+@pytest.mark.slow
 def test_flip_rate_sweep_verifies_and_plots(tmp_path):
     from bench.fliprate import COLUMNS, flip_rate_sweep, plot_flip_rate
 

@@ -123,6 +123,7 @@ def test_library_attacks_are_registered_with_their_norms():
 # --------------------------------------------------------------------------- Brendel-Bethge
 
 
+@pytest.mark.slow
 def test_bba_starts_from_its_own_init_else_a_training_point(batch, digits):
     model, x, y = batch
     x, y = x[:12], y[:12]
@@ -171,6 +172,7 @@ def _fast_bba(monkeypatch) -> None:
                         dataclasses.replace(spec, defaults={**spec.defaults, "steps": 100}))
 
 
+@pytest.mark.slow
 def test_a_bba_cell_gives_the_same_result_alone_and_after_pgdpp(digits, digits_models,
                                                                monkeypatch):
     """BBA is BBA on its own: its cell does not depend on which cells ran before it."""
@@ -195,6 +197,7 @@ def test_a_bba_cell_gives_the_same_result_alone_and_after_pgdpp(digits, digits_m
     assert a.backwards_per_sample * a.n_attacked >= 100 * info["attacked"]
 
 
+@pytest.mark.slow
 def test_bba_on_a_graph_cutting_model_is_an_error_cell(batch, digits):
     model, x, y = batch
 

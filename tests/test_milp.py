@@ -90,6 +90,7 @@ def brute_force(model: MLP, x0: torch.Tensor, label: int, eps: float) -> str:
     return verdict
 
 
+@pytest.mark.slow
 def test_verdicts_equal_the_brute_force_on_random_points():
     """On 2 tiny trained BNN-WAQ MLPs (8 first-layer units: 256 patterns), 150 random
     (point, ε) pairs: the verifier's search and its MILP both agree with the enumeration,
@@ -160,6 +161,7 @@ def test_argmax_tie_rule_decides(x0, label, expected):
         assert logits[0] == logits[1]  # the counterexample is a tie, won by class 0
 
 
+@pytest.mark.slow
 def test_milp_cell_through_the_runner(waq_batch):
     """``milp-linf`` through the runner on the digits BNN-WAQ MLP: one verdict per test point
     ("" for clean mistakes), robust = proved + unknown, and no other attack of the same

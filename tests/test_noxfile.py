@@ -66,6 +66,7 @@ def _probe(root: Path, pyproject: str = PROBE_PYPROJECT) -> None:
     (root / "stamp_probe" / "__init__.py").write_text("")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(NOX is None, reason="nox is not on PATH (CI runs the tests through nox)")
 def test_install_runs_pip_once_per_pyproject(tmp_path: Path) -> None:
     _probe(tmp_path)
@@ -86,6 +87,7 @@ def test_install_runs_pip_once_per_pyproject(tmp_path: Path) -> None:
     assert next((tmp_path / ".nox").glob("probe/qbench-installed.txt")).read_text() != stamp
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(NOX is None, reason="nox is not on PATH (CI runs the tests through nox)")
 def test_install_takes_the_versions_of_constraints_txt(tmp_path: Path) -> None:
     # the extra asks for any six; the constraints pin an old one, and a changed pin reinstalls

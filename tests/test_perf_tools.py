@@ -19,6 +19,7 @@ def _module(name: str):
     return module
 
 
+@pytest.mark.slow
 def test_gpu_timing_smoke_runs_on_cpu(tmp_path, capsys):
     gpu = _module("gpu_timing")
     out = tmp_path / "gpu.json"

@@ -238,6 +238,7 @@ print(len(calls), card["weights_sha256"], store.file_sha256(wpath), flush=True)
 """
 
 
+@pytest.mark.slow
 def test_two_processes_getting_one_model_train_it_once(tmp_cache, tmp_path):
     """One process trains, the other waits on the model's lock and then loads the weights."""
     import os

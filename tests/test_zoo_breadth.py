@@ -325,6 +325,7 @@ def test_mixed_precision_is_refused_for_sign_activations():
         train_model(model, data, Recipe(amp="bf16", max_steps=1), progress=False)
 
 
+@pytest.mark.slow
 def test_cifar10_suite_runs_on_cpu_with_a_tiny_subset_and_one_training_step(tmp_path,
                                                                             monkeypatch):
     """The paper's CIFAR-10 suite end to end without a GPU: the suite's ε (Table 6), a
