@@ -1,6 +1,7 @@
 """Attacks, each reachable by name through the registry."""
 
 from attacks import catalog as _catalog  # noqa: F401 - registers the attacks
+from attacks import flipsearch as _flipsearch  # noqa: F401
 from attacks import iprop as _iprop  # noqa: F401
 from attacks import library as _library  # noqa: F401
 from attacks import milp as _milp  # noqa: F401

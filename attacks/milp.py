@@ -53,6 +53,7 @@ from torch import nn
 
 from attacks.base import Attack, AttackResult, unwrap
 from attacks.integer_bnn import FIRST_LAYER_TOL, IntegerBNN
+from attacks.reach import Reach, Rows, highs_solver, pass_model
 from attacks.registry import create_attack, register_attack
 from attacks.traits import Traits
 
@@ -72,136 +73,6 @@ class Verdict:
     binaries: int = 0  # binary variables of the MILP
     lps: int = 0  # LPs solved (pattern checks and counterexample repairs)
     notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _Rows:
-    """A sparse row-wise linear program under construction."""
-
-    lower: list[float] = field(default_factory=list)
-    upper: list[float] = field(default_factory=list)
-    starts: list[int] = field(default_factory=lambda: [0])
-    index: list[np.ndarray] = field(default_factory=list)
-    value: list[np.ndarray] = field(default_factory=list)
-
-    def add(self, idx: np.ndarray, val: np.ndarray, lo: float, hi: float) -> None:
-        keep = val != 0
-        self.index.append(np.asarray(idx)[keep].astype(np.int32))
-        self.value.append(np.asarray(val, dtype=np.float64)[keep])
-        self.starts.append(self.starts[-1] + int(keep.sum()))
-        self.lower.append(lo)
-        self.upper.append(hi)
-
-
-def _highs(threads: int, time_limit: float | None, seed: int = 0) -> highspy.Highs:
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    h.setOptionValue("threads", int(threads))
-    h.setOptionValue("random_seed", int(seed))
-    if time_limit is not None:
-        h.setOptionValue("time_limit", float(time_limit))
-    return h
-
-
-def _pass(h: highspy.Highs, col_lo: np.ndarray, col_hi: np.ndarray, rows: _Rows,
-          integer: np.ndarray | None = None) -> None:
-    lp = highspy.HighsLp()
-    n = len(col_lo)
-    lp.num_col_ = n
-    lp.num_row_ = len(rows.lower)
-    lp.col_cost_ = np.zeros(n)
-    lp.col_lower_ = np.asarray(col_lo, dtype=np.float64)
-    lp.col_upper_ = np.asarray(col_hi, dtype=np.float64)
-    lp.row_lower_ = np.asarray(rows.lower, dtype=np.float64)
-    lp.row_upper_ = np.asarray(rows.upper, dtype=np.float64)
-    lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
-    lp.a_matrix_.num_col_ = n
-    lp.a_matrix_.num_row_ = len(rows.lower)
-    lp.a_matrix_.start_ = np.asarray(rows.starts, dtype=np.int32)
-    lp.a_matrix_.index_ = (np.concatenate(rows.index) if rows.index
-                           else np.zeros(0, np.int32))
-    lp.a_matrix_.value_ = (np.concatenate(rows.value) if rows.value else np.zeros(0))
-    if integer is not None:
-        lp.integrality_ = [highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
-                           for i in integer]
-    h.passModel(lp)
-
-
-class _Reach:
-    """Which signs of the unstable first-layer units some input in the box realises.
-
-    One warm-started HiGHS LP over the input box whose row bounds encode a (partial) sign
-    pattern (0: unconstrained), and the conflicts learned so far: signed subsets of units that
-    no input realises, read from the LP's irreducible infeasible subset whenever a pattern is
-    unreachable, so that one LP rules out every pattern sharing it.
-    """
-
-    def __init__(self, a: np.ndarray, c: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                 L: np.ndarray, U: np.ndarray, x0: np.ndarray, tol: float) -> None:
-        self.c, self.tol, self.k = c, tol, len(c)
-        self.L, self.U = L, U
-        self.lo, self.hi = lo, hi
-        self.x0 = x0
-        self.a = a
-        self.h = _highs(1, None)
-        self.h.setOptionValue("iis_strategy", 2)  # an IIS from the infeasible LP's rows
-        rows = _Rows()
-        cols = np.arange(len(lo))
-        for j in range(self.k):
-            rows.add(cols, a[j], -math.inf, math.inf)
-        _pass(self.h, lo, hi, rows)
-        self.rows = np.arange(self.k, dtype=np.int32)
-        self.conflicts = np.zeros((0, self.k), np.int32)
-        self.sizes = np.zeros(0, np.int32)
-        self.lps = 0
-
-    def spread(self) -> np.ndarray:
-        """How one-sided each unit's margin range is: 1 when one sign is barely reachable."""
-        return np.abs(self.L + self.U) / np.maximum(self.U - self.L, 1e-12)
-
-    def clean_signs(self) -> np.ndarray:
-        """The units' signs at the clean input (+1 where the margin is ≥ 0)."""
-        return np.where(self.a @ self.x0 - self.c >= 0, 1, -1).astype(np.int8)
-
-    def _solve(self, signs: np.ndarray, margin: float) -> bool:
-        s = signs.astype(np.int64)
-        lo_r = np.where(s > 0, self.c + margin, -math.inf)
-        hi_r = np.where(s < 0, self.c - margin, math.inf)
-        self.h.changeRowsBounds(self.k, self.rows, lo_r, hi_r)
-        self.h.run()
-        self.lps += 1
-        return self.h.getModelStatus() == highspy.HighsModelStatus.kOptimal
-
-    def feasible(self, signs: np.ndarray) -> bool:
-        """Some input in the box gives these signs, within the float tolerance (0: either).
-        An unreachable pattern adds a conflict."""
-        if self.k == 0 or not signs.any() or self._solve(signs, -self.tol):
-            return True
-        status, iis = self.h.getIis()
-        rows = np.asarray(list(iis.row_index_), dtype=np.int64) \
-            if status == highspy.HighsStatus.kOk and iis.valid_ else np.zeros(0, np.int64)
-        rows = rows[signs[rows] != 0] if len(rows) else np.flatnonzero(signs)
-        if len(rows) == 0:
-            rows = np.flatnonzero(signs)
-        conflict = np.zeros((1, self.k), np.int32)
-        conflict[0, rows] = signs[rows]
-        self.conflicts = np.vstack([self.conflicts, conflict])
-        self.sizes = np.append(self.sizes, len(rows)).astype(np.int32)
-        return False
-
-    def conflicted(self, patterns: np.ndarray) -> np.ndarray:
-        """Rows of ``patterns`` (±1, or 0 for unassigned) that contain a known conflict."""
-        if len(self.sizes) == 0:
-            return np.zeros(len(patterns), bool)
-        return ((patterns.astype(np.int32) @ self.conflicts.T) == self.sizes).any(1)
-
-    def point(self, signs: np.ndarray) -> np.ndarray | None:
-        """An input in the box giving these signs with every margin cleared by ``tol`` (so
-        that the float32 model computes the same signs), or None."""
-        if self.k and not self._solve(signs, +self.tol):
-            return None
-        x = np.asarray(self.h.getSolution().col_value) if self.k else self.x0.copy()
-        return np.clip(x, self.lo, self.hi)
 
 
 class BNNVerifier:
@@ -300,7 +171,7 @@ class BNNVerifier:
         fixed = np.where(tol <= L, 1, np.where(-tol >= U, -1, 0)).astype(np.int8)
         free = np.flatnonzero(fixed == 0)
         v = Verdict("unknown", unstable=len(free))
-        reach = _Reach(self.a1[free], self.c1[free], lo, hi, L[free], U[free],
+        reach = Reach(self.a1[free], self.c1[free], lo, hi, L[free], U[free],
                        x.double().numpy(), tol)
         deadline = t0 + self.time_limit
         if method == "search" or (method == "auto" and len(free) <= self.max_search_units):
@@ -315,7 +186,7 @@ class BNNVerifier:
         v.seconds = time.perf_counter() - t0
         return v
 
-    def _confirm(self, x: np.ndarray | None, y: int, box: tuple[torch.Tensor, torch.Tensor]
+    def confirm(self, x: np.ndarray | None, y: int, box: tuple[torch.Tensor, torch.Tensor]
                  ) -> torch.Tensor | None:
         """``x`` as a float32 input (clipped to the float32 box) if the torch model predicts
         another class than y."""
@@ -328,7 +199,7 @@ class BNNVerifier:
             pred = int(self.model(xt.to(p.device)).argmax(1).item())
         return xt[0] if pred != y else None
 
-    def _search(self, v: Verdict, reach: _Reach, fixed: np.ndarray, free: np.ndarray, y: int,
+    def _search(self, v: Verdict, reach: Reach, fixed: np.ndarray, free: np.ndarray, y: int,
                 box: tuple[torch.Tensor, torch.Tensor], deadline: float) -> None:
         """Depth-first over the signs of the unstable first-layer units that are not leaf units
         (each partial pattern checked for reachability), then all completions of the leaf
@@ -381,7 +252,7 @@ class BNNVerifier:
                 if not reach.feasible(w):
                     alive &= ~reach.conflicted(winners)
                     continue
-                found = self._confirm(reach.point(w), y, box)
+                found = self.confirm(reach.point(w), y, box)
                 if found is not None:
                     v.status, v.x = "broken", found
                     return
@@ -392,7 +263,7 @@ class BNNVerifier:
         else:
             v.status = "robust"
 
-    def _milp(self, v: Verdict, reach: _Reach, L: np.ndarray, U: np.ndarray,
+    def _milp(self, v: Verdict, reach: Reach, L: np.ndarray, U: np.ndarray,
               fixed: np.ndarray, free: np.ndarray, y: int,
               box: tuple[torch.Tensor, torch.Tensor], deadline: float,
               write_model: str | None = None) -> None:
@@ -404,7 +275,7 @@ class BNNVerifier:
         N = len(lo)
         tol = self.tol
         col_lo, col_hi, integer = list(lo), list(hi), [False] * N
-        rows = _Rows()
+        rows = Rows()
 
         def new_binary() -> int:
             col_lo.append(0.0)
@@ -467,9 +338,9 @@ class BNNVerifier:
             if left <= 0:
                 v.notes.append("time limit")
                 return
-            h = _highs(self.threads, left)
+            h = highs_solver(self.threads, left)
             h.setOptionValue("mip_heuristic_effort", 0.0)  # proofs, not incumbents, cost time
-            _pass(h, np.array(col_lo), np.array(col_hi), rows, np.array(integer))
+            pass_model(h, np.array(col_lo), np.array(col_hi), rows, np.array(integer))
             if write_model is not None:
                 h.writeModel(str(write_model))
                 write_model = None
@@ -484,7 +355,7 @@ class BNNVerifier:
                 return
             bits = np.round(np.asarray(h.getSolution().col_value)[free_cols]).astype(np.int64)
             signs = (2 * bits - 1).astype(np.int8)
-            found = self._confirm(reach.point(signs), y, box)
+            found = self.confirm(reach.point(signs), y, box)
             if found is not None:
                 v.status, v.x = "broken", found
                 return

@@ -65,6 +65,7 @@ MNIST_ATTACKS = (
     "autoattack",  # standard AutoAttack, L∞ (limited below)
     "bba-*",  # Foolbox Brendel-Bethge, L∞ and L2, from its own initialisation (limited below)
     "iprop",  # IPROP, L∞, combinatorial: BNN-WAQ MLPs only (limited below)
+    "flip-search-linf",  # flip search, L∞, combinatorial: BNN-WAQ MLPs only (limited below)
 )
 
 
@@ -99,14 +100,18 @@ def limit_rules(limits: LimitRules) -> list[tuple[str, Limit]]:
 #: The convolutional networks of the default suite: a PGD step costs them about 20× an MLP's.
 MNIST_CONVNETS = "mnist5k-convnet-*"
 
-#: The models of the default suite that IPROP does not apply to (all but the BNN-WAQ MLPs).
+#: The models of the default suite that IPROP and flip search do not apply to (all but the
+#: BNN-WAQ MLPs).
 MNIST_NOT_BNN_WAQ_MLP = "mnist5k-convnet-*,*-ref,*-ref-at,*-bnn-wq,*-bnn-wq-at"
 
 #: The limits of the default MNIST suite (see the module docstring for the timings): the
 #: first rule matching the model and the attack applies.
 MNIST_LIMITS = (
-    # IPROP takes BNN-WAQ MLPs only (its exact integer network); there it runs everywhere
+    # IPROP and flip search take BNN-WAQ MLPs only (their exact integer network); IPROP runs
+    # there everywhere, flip search (a few tenths of a second per point) on 200 points
     ("iprop", Limit(eps={"linf": [], "l2": []}, models=MNIST_NOT_BNN_WAQ_MLP)),
+    ("flip-search-linf", Limit(eps={"linf": [], "l2": []}, models=MNIST_NOT_BNN_WAQ_MLP)),
+    ("flip-search-linf", Limit(n=200)),
     # convnets: every attack on the first 200 points at L∞ 0.1, 0.3 and L2 1.5; the
     # query-hungry ones (their budgets are spent in full on robust points) on 50 points
     ("square", Limit(eps={"linf": [0.1]}, n=50, models=MNIST_CONVNETS)),
@@ -127,7 +132,7 @@ ORACLE_MODELS = "mnist5k-mlp3x50-bnn-waq,mnist5k-mlp5x100-bnn-waq"
 ORACLE_EPS = {"linf": [0.01, 0.02]}
 ORACLE_ATTACKS = (
     "milp-linf", "fgsm", "pgd-linf", "pgd-linf-njs", "pgd-linf-njs-raw", "pgd-linf-hns",
-    "pgd-linf-r5", "apgd-ce", "apgd-dlr", "deepfool-linf", "square", "iprop",
+    "pgd-linf-r5", "apgd-ce", "apgd-dlr", "deepfool-linf", "square", "iprop", "flip-search-linf",
 )
 ORACLE_LIMITS = (
     ("*", Limit(n=200, models="mnist5k-mlp5x100-bnn-waq")),

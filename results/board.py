@@ -15,7 +15,7 @@ numbers. What a board uses:
 * **Columns** are grouped by family in a fixed order: PGD, its PGD++ NJS and HNS versions and
   the other PGD variants first, then FGSM and its variants, the other gradient attacks
   (APGD, AutoAttack), minimum-norm (DeepFool, Brendel-Bethge), gradient-free (Square) and
-  combinatorial (IPROP) attacks, and last the exact verifier (the MILP oracle).
+  combinatorial (IPROP, flip search) attacks, and last the exact verifier (the MILP oracle).
 * **Exact ground truth.** Where a board row has a verifier cell, the row carries its summary
   (:mod:`results.exact`): proved-robust share, exact robust accuracy or the interval it lies
   in, each attack's gap to it, and contradictions.
@@ -87,8 +87,9 @@ def traits_from_config(config: dict[str, Any] | None) -> tuple[dict[str, Any], s
         base = "autoattack"
     elif cls == "Square":
         family, base, grads = "gradient-free", "square", False
-    elif cls == "IPROP":
-        family, base, grads = "combinatorial", "iprop", False
+    elif cls in ("IPROP", "FlipSearchLinf"):
+        family, grads = "combinatorial", False
+        base = "iprop" if cls == "IPROP" else "flip-search-linf"
         applies = {"arch": "mlp*", "quant": "bnn-waq"}
     elif cls == "MILPLinf":
         family, base = "exact", "milp-linf"

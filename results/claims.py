@@ -261,7 +261,7 @@ def paper_claims(cells: pd.DataFrame, models: pd.DataFrame, *, norm: str = "linf
 
     # 5. PGD++ flips more points than IPROP at every ε (BNN-WAQ MLPs)
     comps = []
-    iprop = c.pick(lambda r, t: t.get("family") == "combinatorial")
+    iprop = c.pick(lambda r, t: t.get("base") == "iprop")
     ppl = _best_tempered(c, "pgd-linf")
     for key, cell in sorted(iprop.items()):
         if key not in ppl:

@@ -33,7 +33,7 @@ CELLS = [
     ("pgd-linf-njs", 0.1), ("pgd-linf-njs-raw", 0.1), ("pgd-linf-hns", 0.1),
     ("pgd-linf-beta0.1", 0.1), ("pgd-linf-dlr", 0.1), ("apgd-ce", 0.1), ("deepfool-linf", 0.1),
     ("deepfool-l2", 1.0),
-    ("square", 0.1), ("iprop", 0.1),
+    ("square", 0.1), ("iprop", 0.1), ("flip-search-linf", 0.1),
 ]
 
 
