@@ -35,7 +35,11 @@ warm-started LP over the box), and at each reachable node pushes all 2^leaf_unit
 through the exact integer network at once. The completions that flip the prediction are tried
 one LP each; an unreachable one yields an irreducible infeasible subset of its sign
 constraints (a conflict, usually 3 to 9 units), which rules out every other pattern sharing it
-without another LP. A reachable winning pattern gives a counterexample (one LP with the
+without another LP. Before any LP, every pair of signs that no input realises is known in
+closed form (:func:`attacks.reach.pair_conflicts`, exact for ±1 weights, taken within the
+tolerance so that proofs stay sound) and rules out every node and pattern holding it: on the
+5 x 100 MLP at L∞ 0.02 this decided 20 instead of 16 of 25 hard points within 15 s each, in
+two thirds of the time. A reachable winning pattern gives a counterexample (one LP with the
 margins cleared, checked on the torch model); if none is reachable, the point is proved
 robust. Points with more than ``max_search_units`` unstable units go to the MILP.
 """
@@ -172,7 +176,7 @@ class BNNVerifier:
         free = np.flatnonzero(fixed == 0)
         v = Verdict("unknown", unstable=len(free))
         reach = Reach(self.a1[free], self.c1[free], lo, hi, L[free], U[free],
-                       x.double().numpy(), tol)
+                      x.double().numpy(), tol, pairs=True)
         deadline = t0 + self.time_limit
         if method == "search" or (method == "auto" and len(free) <= self.max_search_units):
             self._search(v, reach, fixed, free, y, box, deadline)
@@ -367,24 +371,28 @@ class BNNVerifier:
 class MILPLinf(Attack):
     """The exact L∞ verifier as an attack: its candidates are the counterexamples.
 
-    Attack first, solve the rest: the ``presolve`` attacks (cheap gradient attacks, run inside
-    this cell so that its key determines its result) break what they can; the verifier
-    (:class:`BNNVerifier`) decides only the points they leave standing. Every attacked point
-    gets a verdict in ``per_point["verdicts"]``: ``broken`` (a counterexample, from a presolve
-    attack or the verifier), ``robust`` (proved: no input in the ε-ball ∩ [0, 1] changes the
-    prediction) or ``unknown`` (the per-point ``time_limit`` ran out). A cell's robust accuracy
-    is therefore an upper bound on the exact one, equal to it when no point is unknown; the
-    number proved robust is the matching lower bound. Runs on BNN-WAQ MLPs only.
+    Attack first, solve the rest: the ``presolve`` attacks (cheap gradient attacks and flip
+    search, run inside this cell so that its key determines its result) break what they can;
+    the verifier (:class:`BNNVerifier`) decides only the points they leave standing. Every
+    attacked point gets a verdict in ``per_point["verdicts"]``: ``broken`` (a counterexample,
+    from a presolve attack or the verifier), ``robust`` (proved: no input in the ε-ball ∩
+    [0, 1] changes the prediction) or ``unknown`` (the per-point ``time_limit`` ran out). A
+    cell's robust accuracy is therefore an upper bound on the exact one, equal to it when no
+    point is unknown; the number proved robust is the matching lower bound. Runs on BNN-WAQ
+    MLPs only.
     """
 
     norm = "linf"
     uses_gradients = True  # the presolve attacks
-    version = 1
+    #: 2: flip search joins the presolve attacks, and the search rules out every pair of
+    #: first-layer signs that no input realises before any LP (same verdicts, fewer unknowns)
+    version = 2
     libraries = ("highspy",)
 
     def __init__(self, *, time_limit: float = 15.0, threads: int = 1, leaf_units: int = 14,
                  max_search_units: int = 64, use_milp: bool = True,
-                 presolve: tuple[str, ...] = ("pgd-linf", "pgd-linf-njs", "pgd-linf-hns")
+                 presolve: tuple[str, ...] = ("pgd-linf", "pgd-linf-njs", "pgd-linf-hns",
+                                              "flip-search-linf")
                  ) -> None:
         self.time_limit = time_limit
         self.threads = threads

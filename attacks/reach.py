@@ -89,11 +89,14 @@ class Reach:
     One warm-started HiGHS LP over the input box whose row bounds encode a (partial) sign
     pattern (0: unconstrained), and the conflicts learned so far: signed subsets of units that
     no input realises, read from the LP's irreducible infeasible subset whenever a pattern is
-    unreachable, so that one LP rules out every pattern sharing it.
+    unreachable, so that one LP rules out every pattern sharing it. With ``pairs`` every pair
+    of signs that no input realises even within the tolerance (:func:`pair_conflicts` with
+    margin −tol, so that proofs stay sound) is a conflict from the start, without an LP.
     """
 
     def __init__(self, a: np.ndarray, c: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                 L: np.ndarray, U: np.ndarray, x0: np.ndarray, tol: float) -> None:
+                 L: np.ndarray, U: np.ndarray, x0: np.ndarray, tol: float, *,
+                 pairs: bool = False) -> None:
         self.c, self.tol, self.k = c, tol, len(c)
         self.L, self.U = L, U
         self.lo, self.hi = lo, hi
@@ -109,6 +112,8 @@ class Reach:
         self.rows = np.arange(self.k, dtype=np.int32)
         self.conflicts = np.zeros((0, self.k), np.int32)
         self.sizes = np.zeros(0, np.int32)
+        self.pairs = (pair_conflicts(a, c, lo, hi, -tol).astype(np.float32) if pairs
+                      else None)
         self.lps = 0
 
     def spread(self) -> np.ndarray:
@@ -146,10 +151,15 @@ class Reach:
         return False
 
     def conflicted(self, patterns: np.ndarray) -> np.ndarray:
-        """Rows of ``patterns`` (±1, or 0 for unassigned) that contain a known conflict."""
-        if len(self.sizes) == 0:
-            return np.zeros(len(patterns), bool)
-        return ((patterns.astype(np.int32) @ self.conflicts.T) == self.sizes).any(1)
+        """Rows of ``patterns`` (±1, or 0 for unassigned) that contain a known conflict: a
+        learned one, or (with ``pairs``) a pair of signs no input realises."""
+        out = np.zeros(len(patterns), bool)
+        if len(self.sizes):
+            out |= ((patterns.astype(np.int32) @ self.conflicts.T) == self.sizes).any(1)
+        if self.pairs is not None and len(patterns):
+            onehot = np.concatenate([patterns > 0, patterns < 0], axis=1).astype(np.float32)
+            out |= ((onehot @ self.pairs) * onehot).sum(1) > 0
+        return out
 
     def point(self, signs: np.ndarray) -> np.ndarray | None:
         """An input in the box giving these signs with every margin cleared by ``tol`` (so

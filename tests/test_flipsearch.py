@@ -14,7 +14,7 @@ from attacks import create_attack
 from attacks.flipsearch import IntegerTail, first_layer_ranges
 from attacks.integer_bnn import FIRST_LAYER_TOL, IntegerBNN, UnsupportedModelError
 from attacks.milp import BNNVerifier
-from attacks.reach import box_steps, pair_conflicts
+from attacks.reach import Reach, box_steps, pair_conflicts
 from bench.verify import verify
 from zoo.models import MLP
 
@@ -160,3 +160,26 @@ def test_it_refuses_models_without_an_integer_view():
 def test_bad_hyperparameters_are_refused(bad):
     with pytest.raises(ValueError, match="flip search needs"):
         create_attack("flip-search-linf", **bad)
+
+
+def test_the_verifiers_pair_conflicts_rule_out_only_unreachable_patterns(oracle):
+    """With ``pairs`` a Reach flags a pattern without an LP; every flagged pattern must be
+    unreachable even within the tolerance (else a proof could be wrong)."""
+    model, x, _, _ = oracle
+    verifier = BNNVerifier(model)
+    free, lo, hi = _free_units(verifier, x[1], 0.03)
+    x0 = x[1].reshape(-1).double().numpy()
+    L, U = verifier.first_layer_bounds(lo, hi)
+    args = (verifier.a1[free], verifier.c1[free], lo, hi, L[free], U[free], x0,
+            FIRST_LAYER_TOL)
+    with_pairs, lp_only = Reach(*args, pairs=True), Reach(*args)
+    gen = np.random.default_rng(0)
+    clean = with_pairs.clean_signs()
+    patterns = np.repeat(clean[None], 300, axis=0)  # clean signs with 1 to 4 flips
+    for row in patterns:
+        flip = gen.choice(len(free), size=gen.integers(1, 5), replace=False)
+        row[flip] = -row[flip]
+    flagged = with_pairs.conflicted(patterns)
+    assert 0 < flagged.sum() < len(patterns)  # both answers occur
+    for p in patterns[flagged]:
+        assert not lp_only.feasible(p)

@@ -162,13 +162,15 @@ def test_argmax_tie_rule_decides(x0, label, expected):
 
 
 @pytest.mark.slow
-def test_milp_cell_through_the_runner(waq_batch):
+def test_milp_cell_through_the_runner(waq_batch, digits):
     """``milp-linf`` through the runner on the digits BNN-WAQ MLP: one verdict per test point
     ("" for clean mistakes), robust = proved + unknown, and no other attack of the same
     points breaks a point it proved robust."""
     from bench import runner
+    from bench.calibrate import calibrate
 
     model, x, y, clean = waq_batch
+    calibrate(model, digits, "cpu")  # NJS (a presolve attack) needs its β1, as in a run
     out = runner.attack_cell(model, x, y, clean, attack_name="milp-linf", eps=0.02, seed=0,
                              device="cpu")
     assert out["status"] == "ok", out["error"]
