@@ -17,6 +17,15 @@ os.environ.setdefault("QBENCH_CACHE", str(ROOT / ".cache" / "qbench-tests"))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Torch at one thread for the test (the float reductions of a single-thread run)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def digits():
     from zoo import load_dataset

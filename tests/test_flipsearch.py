@@ -21,12 +21,7 @@ from zoo.models import MLP
 ORACLE_MODEL = "mnist5k-mlp3x50-bnn-waq"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

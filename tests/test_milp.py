@@ -16,13 +16,7 @@ from attacks.milp import BNNVerifier
 from bench.verify import verify
 from zoo.models import MLP
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _trained_tiny(seed: int, in_features: int = 6, hidden=(8, 6), classes: int = 4) -> MLP:
