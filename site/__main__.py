@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from leaderboard.build import SiteFolderError, build_site
+from leaderboard.build import SiteFolderError, SiteWriteError, build_site
 
 from results import RecordError
 
@@ -21,4 +21,7 @@ try:
 except (SiteFolderError, RecordError) as exc:
     print(f"error: {exc}", file=sys.stderr)
     raise SystemExit(2) from None
+except SiteWriteError as exc:  # the environment, not the arguments: exit 1
+    print(f"error: {exc}", file=sys.stderr)
+    raise SystemExit(1) from None
 print(f"leaderboard written to {index}")

@@ -36,6 +36,10 @@ class SiteFolderError(ValueError):
     """The output folder is not empty and was not created by the site builder."""
 
 
+class SiteWriteError(OSError):
+    """Writing the site failed midway (a full disk, a folder made read-only meanwhile)."""
+
+
 def claim_out_dir(out_dir: Path) -> None:
     """Make ``out_dir`` the builder's own: create it (with the marker) or check the marker.
 
@@ -156,6 +160,18 @@ def build_site(records_root: Path | None, out_dir: Path) -> Path:
                               "the *.cells.jsonl records (the project's: results/records)")
     rec = data.load(records_root)  # a corrupt records file stops here, before --out is made
     claim_out_dir(out_dir)
+    try:
+        return _render(rec, out_dir)
+    except OSError as exc:
+        where = f"; {exc.filename}" if exc.filename else ""
+        raise SiteWriteError(
+            f"cannot write the site into {out_dir} ({exc.strerror or exc}{where}); the folder "
+            "holds a partial site: make room or fix the folder and build again (it is cleaned "
+            "on every build)") from None
+
+
+def _render(rec: data.Records, out_dir: Path) -> Path:
+    """Every page and figure of the site into the claimed ``out_dir``."""
     boards = data.boards(rec)
     suites = data.suites(rec, boards)
     attack_rows, gap_matrix = data.attack_stats(rec)

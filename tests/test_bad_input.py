@@ -706,6 +706,30 @@ def test_the_site_builder_refuses_bad_folders_and_leaves_no_out_folder(case, mes
     assert not out.exists()  # a refused build leaves nothing behind (it made --out first)
 
 
+@pytest.mark.slow
+def test_the_site_builder_on_a_full_disk_ends_in_one_line(tmp_path):
+    """A 300 KiB tmpfs fills up while the site's figures are written: exit 1 and one line
+    naming the folder and the cause; the folder keeps its marker, so the next build may clean
+    it."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(disk)],
+                           capture_output=True, text=True, check=False)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mount.stderr.strip()}")
+    try:
+        done = subprocess.run([sys.executable, "-m", "leaderboard", "--out", str(disk / "site")],
+                              capture_output=True, text=True, timeout=300, cwd=ROOT)
+        marked = (disk / "site" / ".qbench-site").is_file()
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: cannot write the site into {disk}/site "
+                                  "(No space left on device"), done.stderr
+    assert marked
+
+
 @pytest.mark.parametrize(("case", "message"), [
     ("folder-a-file", "weights folder {cache}/weights is a file, not a folder"),
     ("lock-a-directory", "lock file {cache}/weights/" + DIGITS + ".lock is a directory"),
