@@ -50,6 +50,7 @@ class Rows:
 
 
 def highs_solver(threads: int, time_limit: float | None, seed: int = 0) -> highspy.Highs:
+    """A silent HiGHS instance with these threads, time limit (None: none) and seed."""
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
     h.setOptionValue("threads", int(threads))
@@ -60,7 +61,9 @@ def highs_solver(threads: int, time_limit: float | None, seed: int = 0) -> highs
 
 
 def pass_model(h: highspy.Highs, col_lo: np.ndarray, col_hi: np.ndarray, rows: Rows,
-          integer: np.ndarray | None = None) -> None:
+               integer: np.ndarray | None = None) -> None:
+    """Give ``h`` the feasibility problem: columns in ``[col_lo, col_hi]`` (integer where
+    ``integer`` says so), the ``rows``, no objective."""
     lp = highspy.HighsLp()
     n = len(col_lo)
     lp.num_col_ = n
