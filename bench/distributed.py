@@ -187,6 +187,13 @@ def connect(address: str | None, threads_per_task: int) -> bool:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  logging_level="ERROR")
     except (ConnectionError, ValueError, RuntimeError) as exc:
+        if address not in (None, "auto"):  # something listens there (the probe connected)
+            raise QBenchError(
+                f"the Ray cluster at {address!r} did not let this driver join ({exc}): with "
+                "token authentication (what `ray start` turns on), export RAY_AUTH_MODE=token "
+                "and give this machine the head's ~/.ray/auth_token; else check that the "
+                f"address is the head's GCS port and that the head runs Ray {ray.__version__}"
+            ) from None
         raise QBenchError(f"cannot reach a Ray cluster at {address!r} ({exc}); start one with "
                           "`ray start --head`, or leave --ray-address out to start a local "
                           "one") from None

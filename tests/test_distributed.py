@@ -192,8 +192,21 @@ def test_a_real_cluster_started_as_the_readme_says_survives_a_killed_node(tmp_pa
         os.kill(joined.pop(), signal.SIGKILL)
         out, _ = driver.communicate(timeout=600)
         seconds = time.monotonic() - t0
+        # a driver whose token is not the head's is refused in one line that names the token
+        stranger = base / "stranger"
+        (stranger / ".ray").mkdir(parents=True)
+        (stranger / ".ray" / "auth_token").write_text("not-the-heads-token-0123456789abcdef")
+        refused = subprocess.run(
+            [sys.executable, "-m", "bench", "run", "--models", "digits-mlp5x100-ref",
+             "--attacks", "fgsm", "--eps", "0.1", "--n", "20", "--executor", "ray",
+             "--ray-address", address, "--results", str(base / "rec2"), "--no-progress"],
+            env={**env, "HOME": str(stranger)}, cwd=ROOT, capture_output=True, text=True,
+            timeout=300)
     finally:
         ray_cmd("stop", "--force")
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert len(errors) == 1 and "auth_token" in errors[0], refused.stderr[-2000:]
     lines = cells.read_text().splitlines()
     got = {r.key: (r.status, tuple(r.robust), tuple(r.clean_correct))
            for r in results.load("custom", root=rec).itertuples()}
