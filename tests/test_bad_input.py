@@ -7,6 +7,7 @@ The README's "Bad input" section lists these cases and their messages.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -16,6 +17,7 @@ import shutil
 import struct
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -642,25 +644,33 @@ def test_an_unusable_records_folder_is_one_line_and_exit_2(case, command, tmp_pa
     assert done.stdout == ""
 
 
-@pytest.mark.slow
-def test_a_full_disk_ends_the_run_in_one_line_and_leaves_no_half_written_record(tmp_path):
-    """On a 16 KiB tmpfs the records file fills up after a few cells: the run ends with exit 1
-    and one line naming the file and the cause; every line left is a whole record."""
+@contextlib.contextmanager
+def small_disk(tmp_path: Path, size: str) -> Iterator[Path]:
+    """A folder on a tmpfs of ``size`` (e.g. "16k") for the test's duration; the test is
+    skipped where tmpfs cannot be mounted (not root)."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)],
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
                            capture_output=True, text=True, check=False)
     if mount.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {mount.stderr.strip()}")
     try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_the_run_in_one_line_and_leaves_no_half_written_record(tmp_path):
+    """On a 16 KiB tmpfs the records file fills up after a few cells: the run ends with exit 1
+    and one line naming the file and the cause; every line left is a whole record."""
+    with small_disk(tmp_path, "16k") as disk:
         done = subprocess.run(
             [sys.executable, "-m", "bench", "run", "--models",
              "digits-mlp5x100-ref,digits-mlp5x100-bnn-waq", "--attacks", "fgsm,pgd-linf",
              "--eps", "0.1", "0.2", "0.3", "--n", "300", "--results", str(disk),
              "--no-progress"], capture_output=True, text=True, timeout=300, cwd=ROOT)
         blob = (disk / "custom.cells.jsonl").read_bytes()
-    finally:
-        subprocess.run(["umount", str(disk)], check=False)
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
     assert done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"error: cannot write to records file {disk}/custom.cells"
@@ -711,18 +721,10 @@ def test_the_site_builder_on_a_full_disk_ends_in_one_line(tmp_path):
     """A 300 KiB tmpfs fills up while the site's figures are written: exit 1 and one line
     naming the folder and the cause; the folder keeps its marker, so the next build may clean
     it."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(disk)],
-                           capture_output=True, text=True, check=False)
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mount.stderr.strip()}")
-    try:
+    with small_disk(tmp_path, "300k") as disk:
         done = subprocess.run([sys.executable, "-m", "leaderboard", "--out", str(disk / "site")],
                               capture_output=True, text=True, timeout=300, cwd=ROOT)
         marked = (disk / "site" / ".qbench-site").is_file()
-    finally:
-        subprocess.run(["umount", str(disk)], check=False)
     assert done.returncode == 1, done.stderr[-2000:]
     assert done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"error: cannot write the site into {disk}/site "
