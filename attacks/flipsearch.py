@@ -52,7 +52,7 @@ from torch import nn
 from attacks.base import Attack, AttackResult
 from attacks.integer_bnn import FIRST_LAYER_TOL
 from attacks.milp import BNNVerifier
-from attacks.reach import Reach, box_steps, pair_conflicts
+from attacks.reach import Reach, box_steps, holds_conflicting_pair, pair_conflicts
 from attacks.registry import register_attack
 from attacks.traits import Traits
 
@@ -229,7 +229,7 @@ class _PointSearch:
                  lo: np.ndarray, hi: np.ndarray, x0: np.ndarray, y: int,
                  box: tuple[torch.Tensor, torch.Tensor], work: _Work) -> None:
         self.attack, self.verifier, self.tail, self.work = attack, verifier, tail, work
-        self.free, self.L, self.U, self.lo, self.hi, self.x0 = free, L[free], U[free], lo, hi, x0
+        self.L, self.U, self.lo, self.hi, self.x0 = L[free], U[free], lo, hi, x0
         self.y, self.box = y, box
         self.k = k = len(free)
         self.a, self.c = verifier.a1[free], verifier.c1[free]
@@ -289,9 +289,8 @@ class _PointSearch:
         E = _completions(len(open_units))
         if len(open_units):
             lits = np.concatenate([open_units, k + open_units])
-            pair = self.conflicts[np.ix_(lits, lits)].astype(np.float32)
-            onehot = np.concatenate([E > 0, E < 0], axis=1).astype(np.float32)
-            E = E[((onehot @ pair) * onehot).sum(1) == 0]
+            pairs = self.conflicts[np.ix_(lits, lits)].astype(np.float32)
+            E = E[~holds_conflicting_pair(E, pairs)]
         layer2 = self.layer2_fixed + self.A2 @ pattern
         if len(open_units):
             layer2 = layer2[None] + (E - pattern[open_units][None]) @ self.A2[:, open_units].T

@@ -160,8 +160,7 @@ class Reach:
         if len(self.sizes):
             out |= ((patterns.astype(np.int32) @ self.conflicts.T) == self.sizes).any(1)
         if self.pairs is not None and len(patterns):
-            onehot = np.concatenate([patterns > 0, patterns < 0], axis=1).astype(np.float32)
-            out |= ((onehot @ self.pairs) * onehot).sum(1) > 0
+            out |= holds_conflicting_pair(patterns, self.pairs)
         return out
 
     def point(self, signs: np.ndarray) -> np.ndarray | None:
@@ -194,6 +193,14 @@ def pair_conflicts(a: np.ndarray, c: np.ndarray, lo: np.ndarray, hi: np.ndarray,
             need = s_i * c[:, None] + s_j * c[None, :] + 2.0 * tol
             out[i * k:(i + 1) * k, j * k:(j + 1) * k] = best < need
     return out
+
+
+def holds_conflicting_pair(patterns: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Per row of ``patterns`` (±1, or 0 for unassigned; column j is unit j): whether it holds
+    two signs that ``pairs`` (a :func:`pair_conflicts` table over the same units, as float32)
+    marks as realised by no input together."""
+    onehot = np.concatenate([patterns > 0, patterns < 0], axis=1).astype(np.float32)
+    return ((onehot @ pairs) * onehot).sum(1) > 0
 
 
 def box_steps(a: np.ndarray, c: np.ndarray, signs: np.ndarray, lo: np.ndarray, hi: np.ndarray,
