@@ -377,11 +377,15 @@ class HNSScaler(LogitScaler):
         """β at the start point, and the forward pass made there for the Jacobian: the
         attack's first step back-propagates its loss through it (no second forward pass)."""
         beta, fell_back, forward = hns_beta_at(model, x, y, grid_size=self.grid_size)
-        return {"beta": beta, "fell_back": fell_back}, forward
+        # every sample's β and fallback (for stats) and the β of the rows still iterated
+        return {"beta": beta, "fell_back": fell_back, "active": beta[:, None]}, forward
 
     def factor(self, logits: torch.Tensor, y: torch.Tensor, state: dict[str, Any]
                ) -> torch.Tensor:
-        return state["beta"][:, None]
+        return state["active"]
+
+    def narrow(self, state: dict[str, Any], rows: torch.Tensor) -> dict[str, Any]:
+        return {**state, "active": state["active"].index_select(0, rows)}
 
     def stats(self, states: list[dict[str, Any]]) -> dict[str, float]:
         if not states:

@@ -22,6 +22,7 @@ from attacks.gradient import (
     ce_sum,
     ce_sum_grad,
     dlr_loss,
+    kept_rows,
     project,
     random_start,
     step_into,
@@ -75,7 +76,8 @@ def test_step_into_is_the_plain_expression_bit_for_bit(norm, eps, rel_step):
 
 def _textbook(attack: GradientAttack, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
               eps: float, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The loop written plainly (a fresh tensor per operation, boolean-mask bookkeeping)."""
+    """The loop written plainly (a fresh tensor per operation, boolean-mask bookkeeping), every
+    point for every step (no early stopping)."""
     loss_fn = ce_loss if attack.loss == "ce" else dlr_loss
     best = x.clone()
     broken = torch.zeros(len(x), dtype=torch.bool)
@@ -114,16 +116,22 @@ def _textbook(attack: GradientAttack, model: torch.nn.Module, x: torch.Tensor, y
     ("pgd-linf-njs", 0.1), ("pgd-linf-njs-raw", 0.1), ("pgd-linf-hns", 0.1), ("pgd-l2-hns", 0.5),
     ("fgsm-hns", 0.2), ("pgd-linf-r5", 0.05), ("pgd-linf-beta0.1", 0.1),
 ])
-def test_attack_loop_is_the_textbook_loop_bit_for_bit(name, eps):
+@pytest.mark.parametrize("early_stop", [True, False])
+def test_attack_loop_is_the_textbook_loop_bit_for_bit(name, eps, early_stop):
+    """With early stopping the candidates are the same bits; only the temperature statistics,
+    taken over the steps the attack made, may differ."""
     model, _ = zoo.get_model("digits-mlp5x100-bnn-waq", progress=False)
     model.eval()
-    x, y = zoo.load_dataset("digits").test_subset(48)
+    x, y = zoo.load_dataset("digits").test_subset(48)  # above MIN_ROWS: the batch shrinks
     calibrate(model, zoo.load_dataset("digits"), "cpu")
-    attack = create_attack(name)
+    attack = create_attack(name, early_stop=early_stop)
     result = attack(model, x, y, eps=eps, generator=torch.Generator().manual_seed(5))
     expected, info = _textbook(attack, model, x, y, eps, torch.Generator().manual_seed(5))
     assert torch.equal(result.x_adv, expected)
-    assert result.info == info
+    if early_stop:
+        assert result.info["claimed_success"] == info["claimed_success"]
+    else:
+        assert result.info == info
     assert 0 < info["claimed_success"] < len(x)  # a test that can tell success bookkeeping apart
 
 
@@ -193,3 +201,38 @@ def test_passes_per_point(name, passes):
     calibrate(model, zoo.load_dataset("digits"), "cpu")
     create_attack(name)(counted, x, y, eps=0.1, generator=torch.Generator().manual_seed(0))
     assert (counted.forwards / len(x), counted.backwards / len(x)) == passes
+
+
+def test_kept_rows_keeps_every_unfinished_point_and_at_least_min_rows():
+    done = torch.zeros(100, dtype=torch.bool)
+    assert kept_rows(done, 32) is None  # nothing finished: nothing to drop
+    done[::2] = True
+    assert torch.equal(kept_rows(done, 32), torch.arange(1, 100, 2))
+    done[:90] = True  # 5 points left: topped up with the first finished ones, in batch order
+    keep = kept_rows(done, 32)
+    assert len(keep) == 32 and torch.equal(keep, keep.sort().values)
+    assert set(range(91, 100, 2)) <= set(keep.tolist())
+    assert kept_rows(done[:20], 32) is None  # a batch below MIN_ROWS never shrinks
+    assert kept_rows(done[:32], 32) is None
+
+
+@pytest.mark.parametrize("name,eps", [("pgd-linf-njs", 0.1), ("pgd-l2-hns", 1.5),
+                                      ("pgd-linf-r5", 0.1), ("pgd-linf-dlr", 0.05)])
+def test_early_stopping_saves_passes_and_keeps_every_candidate(name, eps):
+    """On a shipped mnist5k model, with the batch shrinking from 200 rows to MIN_ROWS: every
+    candidate is the same bits as when every point runs every step, for fewer passes."""
+    from bench.instrument import CountingModel
+
+    model, _ = zoo.get_model("mnist5k-mlp3x512-bnn-waq", progress=False)
+    data = zoo.load_dataset("mnist5k")
+    calibrate(model, data, "cpu")
+    x, y = data.test_subset(200)
+    out, passes = {}, {}
+    for early_stop in (True, False):
+        counted = CountingModel(model.eval())
+        attack = create_attack(name, early_stop=early_stop)
+        result = attack(counted, x, y, eps=eps, generator=torch.Generator().manual_seed(1))
+        out[early_stop], passes[early_stop] = result, (counted.forwards, counted.backwards)
+    assert torch.equal(out[True].x_adv, out[False].x_adv)
+    assert out[True].info["claimed_success"] == out[False].info["claimed_success"] > 20
+    assert passes[True][0] < passes[False][0] and passes[True][1] < passes[False][1]
