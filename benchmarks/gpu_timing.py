@@ -6,7 +6,12 @@ random-init ResNet-18 at CIFAR-10 size, with and without AMP, channels-last and 
     python benchmarks/gpu_timing.py --device cpu --smoke     # a check that it runs (seconds)
 
 L∞ ε = 8/255, 20 steps of ε/4 (the paper's CIFAR-10 PGD uses 2/255 = ε/4), random start, on
-random inputs with random labels (timing only: nothing is verified or recorded). The model
+random inputs labelled with the model's own predictions, so that every point starts correctly
+classified (timing only: nothing is recorded). Ours stop early per point (as registered);
+the ``*-all-steps`` rows run the same attacks on every point for every step, and
+``same_candidates`` says whether both gave the same bits (a GPU's matrix kernels may round a
+row differently when the batch shrinks; on CPUs they do so only below about a dozen rows,
+which early stopping never goes below). The model
 (``zoo.cifar.resnet18``, untrained, eval mode, parameters frozen) is prepared per *variant*:
 
 * ``fp32``: as it is;
@@ -44,6 +49,7 @@ from zoo.cifar import resnet18  # noqa: E402
 from zoo.data import dataset_info  # noqa: E402
 
 EPS = 8 / 255
+ATTACKS = ("pgd-linf", "pgd-linf-njs", "pgd-linf-hns")
 VARIANTS = ("fp32", "channels-last", "amp-bf16", "compile")
 
 
@@ -78,12 +84,13 @@ def attacks_for(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
     out: dict[str, Callable[[], object]] = {"floor": partial(floor, model, x, y, steps)}
     # per model, once: not part of an attack's time (CIFAR-10-shaped inputs)
     njs_beta1(model, x[:101], std=dataset_info("cifar10").std, recompute=True)
-    for name in ("pgd-linf", "pgd-linf-njs", "pgd-linf-hns"):
-        attack = create_attack(name)
-        if steps != attack.steps:  # smoke runs only; the registered attacks take 20 steps
-            attack.steps = steps
-        gen = torch.Generator(device=x.device).manual_seed(0)
-        out[name] = partial(attack, model, x, y, eps=EPS, generator=gen)
+    for name in ATTACKS:
+        for early_stop, row in ((True, name), (False, f"{name}-all-steps")):
+            attack = create_attack(name, early_stop=early_stop)
+            if steps != attack.steps:  # smoke runs only; the registered attacks take 20 steps
+                attack.steps = steps
+            gen = torch.Generator(device=x.device).manual_seed(0)
+            out[row] = partial(attack, model, x, y, eps=EPS, generator=gen)
     try:
         import torchattacks
     except ImportError:
@@ -92,6 +99,21 @@ def attacks_for(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
     else:
         pgd = torchattacks.PGD(model, eps=EPS, alpha=EPS / 4, steps=steps, random_start=True)
         out["torchattacks"] = partial(pgd, x, y)
+    return out
+
+
+def same_candidates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
+                    ) -> dict[str, int]:
+    """Per attack, how many points got other candidates with early stopping than without."""
+    out = {}
+    for name in ATTACKS:
+        got = []
+        for early_stop in (True, False):
+            attack = create_attack(name, early_stop=early_stop)
+            attack.steps = steps
+            gen = torch.Generator(device=x.device).manual_seed(0)
+            got.append(attack(model, x, y, eps=EPS, generator=gen).x_adv)
+        out[name] = int((got[0] != got[1]).flatten(1).any(1).sum())
     return out
 
 
@@ -156,11 +178,13 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             for batch in args.batches:
                 x = torch.rand(batch, 3, 32, 32, generator=gen).to(args.device)
-                y = torch.randint(0, 10, (batch,), generator=gen).to(args.device)
                 if variant == "channels-last":
                     x = x.contiguous(memory_format=torch.channels_last)
+                with torch.no_grad():  # every point starts correctly classified
+                    y = model(x).argmax(1)
                 med = time_cell(attacks_for(model, x, y, steps), args.rounds, args.device)
-                row = {"quant": quant, "variant": variant, "batch": batch, "seconds": med}
+                row = {"quant": quant, "variant": variant, "batch": batch, "seconds": med,
+                       "points_with_other_candidates": same_candidates(model, x, y, steps)}
                 results.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     report = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda")
@@ -178,7 +202,9 @@ def markdown(report: dict) -> str:
     lines = [f"{report['device']}, torch {report['torch']}, PGD-{report['steps']}, "
              f"medians of {report['rounds']} rounds", "",
              "| quant | variant | batch | floor ms | PGD ms | PGD/floor | PGD/torchattacks "
-             "| NJS/PGD | HNS/PGD |", "|---" * 9 + "|"]
+             "| NJS/PGD | HNS/PGD | NJS/torchattacks | HNS/torchattacks "
+             "| early stop / all steps (PGD, NJS, HNS) | points with other candidates |",
+             "|---" * 13 + "|"]
 
     def ratio(s: dict, a: str, b: str) -> str:
         ok = isinstance(s.get(a), float) and isinstance(s.get(b), float)
@@ -196,7 +222,11 @@ def markdown(report: dict) -> str:
                      f"| {ms(s.get('pgd-linf'))} | {ratio(s, 'pgd-linf', 'floor')} "
                      f"| {ratio(s, 'pgd-linf', 'torchattacks')} "
                      f"| {ratio(s, 'pgd-linf-njs', 'pgd-linf')} "
-                     f"| {ratio(s, 'pgd-linf-hns', 'pgd-linf')} |")
+                     f"| {ratio(s, 'pgd-linf-hns', 'pgd-linf')} "
+                     f"| {ratio(s, 'pgd-linf-njs', 'torchattacks')} "
+                     f"| {ratio(s, 'pgd-linf-hns', 'torchattacks')} "
+                     f"| {', '.join(ratio(s, a, f'{a}-all-steps') for a in ATTACKS)} "
+                     f"| {sum(r.get('points_with_other_candidates', {}).values())} |")
     errors = [(r, n, v) for r in report["results"] for n, v in r.get("seconds", {}).items()
               if isinstance(v, str)]
     lines += [f"* error in {r['quant']} {r['variant']} {r['batch']} {n}: {v}"

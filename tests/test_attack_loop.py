@@ -219,14 +219,14 @@ def test_kept_rows_keeps_every_unfinished_point_and_at_least_min_rows():
 @pytest.mark.parametrize("name,eps", [("pgd-linf-njs", 0.1), ("pgd-l2-hns", 1.5),
                                       ("pgd-linf-r5", 0.1), ("pgd-linf-dlr", 0.05)])
 def test_early_stopping_saves_passes_and_keeps_every_candidate(name, eps):
-    """On a shipped mnist5k model, with the batch shrinking from 200 rows to MIN_ROWS: every
+    """On a shipped mnist5k model, with the batch shrinking from 128 rows to MIN_ROWS: every
     candidate is the same bits as when every point runs every step, for fewer passes."""
     from bench.instrument import CountingModel
 
     model, _ = zoo.get_model("mnist5k-mlp3x512-bnn-waq", progress=False)
     data = zoo.load_dataset("mnist5k")
     calibrate(model, data, "cpu")
-    x, y = data.test_subset(200)
+    x, y = data.test_subset(128)
     out, passes = {}, {}
     for early_stop in (True, False):
         counted = CountingModel(model.eval())

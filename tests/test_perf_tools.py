@@ -29,10 +29,12 @@ def test_gpu_timing_smoke_runs_on_cpu(tmp_path, capsys):
     assert [(r["variant"], r["batch"]) for r in report["results"]] == [("fp32", 2),
                                                                         ("amp-bf16", 2)]
     for row in report["results"]:
-        for name in ("floor", "pgd-linf", "pgd-linf-njs", "pgd-linf-hns"):
+        for name in ("floor", "pgd-linf", "pgd-linf-njs", "pgd-linf-hns", "pgd-linf-all-steps"):
             assert isinstance(row["seconds"][name], float) and row["seconds"][name] > 0
     table = capsys.readouterr().out
     assert "| ref | fp32 | 2 |" in table and "PGD/floor" in table
+    assert all(row["points_with_other_candidates"] == dict.fromkeys(gpu.ATTACKS, 0)
+               for row in report["results"])
 
 
 def test_gpu_timing_refuses_cuda_without_a_gpu(capsys):
