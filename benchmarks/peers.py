@@ -1,6 +1,6 @@
 """Our attacks and their peers on one model and batch, as zero-argument callables to time.
 
-Shared by the pytest-benchmark checks (``nox -s perf``) and ``python -m benchmarks.ratios``.
+Used by the pytest-benchmark checks (``nox -s perf``).
 Every callable attacks the same model in eval mode, inside ``zoo.layers.frozen`` (no parameter
 gradients, each binarized layer's weight signs computed once per call), exactly as the runner
 attacks a batch, at the same batch, L∞ ε, 20 steps of ε/4 from a random start:
@@ -8,7 +8,8 @@ attacks a batch, at the same batch, L∞ ε, 20 steps of ε/4 from a random star
 * ``pgd``, ``pgd-njs``, ``pgd-hns``: ours (``pgd-linf``, ``pgd-linf-njs``, ``pgd-linf-hns``; NJS
   β1 is calibrated once per model, outside the timing, as the runner does), with early
   stopping as registered: a point leaves the batch at its first misclassified iterate, which
-  none of the peers does;
+  none of the peers does; ``pgd-all``, ``pgd-njs-all``, ``pgd-hns-all``: the same attacks
+  without early stopping (every point for every step: the same work as the peers);
 * ``torchattacks``: torchattacks' ``PGD`` (needs ``pip install --no-deps torchattacks``);
 * ``foolbox``: Foolbox's ``LinfPGD``;
 * ``apgd-ce``: AutoAttack's APGD-CE at 20 iterations, one restart (``pyautoattack``);
@@ -41,6 +42,8 @@ BATCH = 256
 EPS = 0.1
 STEPS = 20
 OURS = ("pgd", "pgd-njs", "pgd-hns")
+#: ours without early stopping: the same work as the peers, every point for every step
+ALL_STEPS = tuple(f"{name}-all" for name in OURS)
 PEERS = ("torchattacks", "foolbox", "apgd-ce")
 
 
@@ -79,7 +82,8 @@ def torchattacks_available() -> bool:
 
 
 def runs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = EPS,
-         names: tuple[str, ...] = ("floor", *OURS, *PEERS)) -> dict[str, Callable[[], object]]:
+         names: tuple[str, ...] = ("floor", *OURS, *ALL_STEPS, *PEERS)
+         ) -> dict[str, Callable[[], object]]:
     """One zero-argument callable per name (names whose library is missing are left out)."""
     from attacks import create_attack
     from attacks.pgdpp import njs_beta1
@@ -89,11 +93,13 @@ def runs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = EPS
     for name in names:
         if name == "floor":
             out[name] = partial(floor, model, x, y)
-        elif name in OURS:
-            if name == "pgd-njs":
+        elif name in OURS or name in ALL_STEPS:
+            if name.startswith("pgd-njs"):
                 # per model, once: not part of an attack's time (the suites' MNIST inputs)
                 njs_beta1(model, x[:101], std=dataset_info("mnist5k").std)
-            attack = create_attack(name.replace("pgd", "pgd-linf", 1))
+            ours = name.removesuffix("-all")
+            attack = create_attack(ours.replace("pgd", "pgd-linf", 1),
+                                   early_stop=name == ours)
             gen = torch.Generator().manual_seed(0)
             out[name] = partial(attack, model, x, y, eps=eps, generator=gen)
         elif name == "foolbox":
@@ -139,20 +145,24 @@ def medians(times: dict[str, list[float]]) -> dict[str, float]:
 
 
 def ratio_rows(med: dict[str, float]) -> dict[str, float]:
-    """The ratios of medians: our PGD over the floor and each peer, NJS and HNS over PGD and
-    over torchattacks' PGD."""
+    """The ratios of medians. The same work as the peers (no early stopping): our PGD over
+    the floor and each peer, NJS and HNS over PGD. Less work: each of ours over itself
+    without early stopping, PGD++ NJS and HNS over torchattacks' PGD."""
     rows = {}
-    if "pgd" in med:
-        for other in ("floor", *PEERS):
-            if other in med:
-                rows[f"pgd/{other}"] = med["pgd"] / med[other]
-        faster = [med[p] for p in ("torchattacks", "foolbox") if p in med]
-        if faster:
-            rows["pgd/fastest-library-pgd"] = med["pgd"] / min(faster)
-        for ours in ("pgd-njs", "pgd-hns"):
-            if ours in med:
-                rows[f"{ours}/pgd"] = med[ours] / med["pgd"]
-    for ours in ("pgd-njs", "pgd-hns"):
-        if ours in med and "torchattacks" in med:
-            rows[f"{ours}/torchattacks"] = med[ours] / med["torchattacks"]
+
+    def ratio(a: str, b: str) -> None:
+        if a in med and b in med:
+            rows[f"{a}/{b}"] = med[a] / med[b]
+
+    for other in ("floor", *PEERS):
+        ratio("pgd-all", other)
+    faster = [med[p] for p in ("torchattacks", "foolbox") if p in med]
+    if "pgd-all" in med and faster:
+        rows["pgd-all/fastest-library-pgd"] = med["pgd-all"] / min(faster)
+    ratio("pgd-njs-all", "pgd-all")
+    ratio("pgd-hns-all", "pgd-all")
+    for ours, all_steps in zip(OURS, ALL_STEPS, strict=True):
+        ratio(ours, all_steps)
+    ratio("pgd-njs", "torchattacks")
+    ratio("pgd-hns", "torchattacks")
     return rows
