@@ -83,14 +83,16 @@ def ensure_chromium(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite (a few minutes on a 2-core CPU); with Ray, for the Ray executor's tests."""
+    """The test suite (about 8 minutes on a 2-core CPU); with Ray, for the Ray executor's
+    tests. One pytest-xdist worker per core (up to 4), each test file in one worker (its
+    module fixtures built once), each worker with its share of the torch threads."""
     install(session, "test,ray")
     ensure_chromium(session)
-    session.run("pytest", *session.posargs)
+    session.run("pytest", "-n", JOBS, "--dist", "loadfile", *session.posargs)
 
 
-#: local processes for the suites (``bench run --jobs``): one per core, up to 4; each gets an
-#: equal share of the torch threads (one each on a 2-core machine)
+#: local processes for the suites (``bench run --jobs``) and the tests (pytest-xdist workers):
+#: one per core, up to 4; each gets an equal share of the torch threads (one each on 2 cores)
 JOBS = str(max(1, min(4, os.cpu_count() or 1)))
 
 

@@ -14,7 +14,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("QBENCH_CACHE", str(ROOT / ".cache" / "qbench-tests"))
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+#: pytest-xdist workers share the cores: each gets its share of torch threads (two threads
+#: per process on a busy machine mostly wait for each other)
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // WORKERS))
 
 
 @pytest.fixture

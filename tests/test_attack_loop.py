@@ -234,5 +234,5 @@ def test_early_stopping_saves_passes_and_keeps_every_candidate(name, eps):
         result = attack(counted, x, y, eps=eps, generator=torch.Generator().manual_seed(1))
         out[early_stop], passes[early_stop] = result, (counted.forwards, counted.backwards)
     assert torch.equal(out[True].x_adv, out[False].x_adv)
-    assert out[True].info["claimed_success"] == out[False].info["claimed_success"] > 20
+    assert out[True].info["claimed_success"] == out[False].info["claimed_success"] > 10
     assert passes[True][0] < passes[False][0] and passes[True][1] < passes[False][1]

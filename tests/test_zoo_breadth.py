@@ -356,7 +356,8 @@ def test_cifar10_suite_runs_on_cpu_with_a_tiny_subset_and_one_training_step(tmp_
     assert all(c["status"] == "ok" and c["n"] == 20 for c in cells)
     assert {c["eps"] for c in cells} == {8 / 255, 120 / 255}
     pgd = next(c for c in cells if c["attack"] == "pgd-linf")
-    assert pgd["attack_config"]["steps"] == 20 and pgd["forwards_per_sample"] in (0, 20)
+    # at most 20 passes per point (early stopping: fewer once points are broken)
+    assert pgd["attack_config"]["steps"] == 20 and 0 <= pgd["forwards_per_sample"] <= 20
     assert pgd["attack_config"]["rel_step"] * 8 / 255 == pytest.approx(2 / 255)
     (model,) = [json.loads(line) for line in (tmp_path / "rec" / "cifar10.models.jsonl").open()]
     card = model["card"]
