@@ -222,9 +222,12 @@ def njs_beta(logits: torch.Tensor, y: torch.Tensor, beta1: float,
     effective β is β1·β2 = c(ρ)/(max a − min a) there and β1 elsewhere.
     """
     a = logits.detach()
-    # 1 − p_y ≤ ρ  ⇔  Σ_i exp(β1 (a_i − a_y)) ≤ 1 / (1 − ρ)  (an overflow to inf reads "no")
-    spread = torch.exp((a - a.gather(1, y[:, None])) * beta1).sum(1)
+    # 1 − p_y ≤ ρ  ⇔  Σ_i exp(β1 (a_i − a_y)) ≤ 1 / (1 − ρ)  (an overflow to inf reads "no");
+    # in place in one temporary: a small share of a step on small networks
+    spread = (a - a.gather(1, y[:, None])).mul_(beta1).exp_().sum(1)
     confident = spread <= 1.0 / (1.0 - rho)
+    if not confident.any():  # the usual case on unsaturated networks: β1 everywhere
+        return torch.full_like(spread, beta1)
     lo, hi = torch.aminmax(a, dim=1)
     gap = (hi - lo).clamp_min(torch.finfo(a.dtype).tiny)
     return torch.where(confident, c_rho(rho, a.shape[1]) / gap, beta1)

@@ -236,3 +236,17 @@ def test_early_stopping_saves_passes_and_keeps_every_candidate(name, eps):
     assert torch.equal(out[True].x_adv, out[False].x_adv)
     assert out[True].info["claimed_success"] == out[False].info["claimed_success"] > 10
     assert passes[True][0] < passes[False][0] and passes[True][1] < passes[False][1]
+
+
+@pytest.mark.parametrize("scale", [0.1, 1.0, 10.0, 1e4])
+def test_njs_beta_is_the_plain_expression_bit_for_bit(scale):
+    """The in-place NJS temperature, with its shortcut when no sample is confident, gives the
+    bits of the formula written plainly (saturated and unsaturated logits alike)."""
+    gen = torch.Generator().manual_seed(4)
+    for beta1 in (0.01, 0.3, 1 / 0.3081):
+        a = torch.randn(300, 10, generator=gen) * scale
+        y = torch.randint(0, 10, (300,), generator=gen)
+        confident = torch.exp((a - a.gather(1, y[:, None])) * beta1).sum(1) <= 1 / (1 - 0.01)
+        gap = (a.amax(1) - a.amin(1)).clamp_min(torch.finfo(a.dtype).tiny)
+        plain = torch.where(confident, pp.c_rho(0.01, 10) / gap, beta1)
+        assert torch.equal(pp.njs_beta(a, y, beta1), plain)
