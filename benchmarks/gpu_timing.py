@@ -9,9 +9,9 @@ L∞ ε = 8/255, 20 steps of ε/4 (the paper's CIFAR-10 PGD uses 2/255 = ε/4), 
 random inputs labelled with the model's own predictions, so that every point starts correctly
 classified (timing only: nothing is recorded). Ours stop early per point (as registered);
 the ``*-all-steps`` rows run the same attacks on every point for every step, and
-``same_candidates`` says whether both gave the same bits (a GPU's matrix kernels may round a
-row differently when the batch shrinks; on CPUs they do so only below about a dozen rows,
-which early stopping never goes below). The model
+``points_with_other_candidates`` counts the points where both did not give the same bits (a
+GPU's matrix kernels may round a row differently when the batch shrinks; on CPUs they do so
+only below about a dozen rows, which early stopping never goes below). The model
 (``zoo.cifar.resnet18``, untrained, eval mode, parameters frozen) is prepared per *variant*:
 
 * ``fp32``: as it is;
@@ -102,18 +102,15 @@ def attacks_for(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
     return out
 
 
-def same_candidates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
-                    ) -> dict[str, int]:
-    """Per attack, how many points got other candidates with early stopping than without."""
+def other_candidates(last: dict[str, object]) -> dict[str, int]:
+    """Per attack, how many points got other candidates with early stopping than without, in
+    the last timed round (both runs drew the same random starts: one generator each, seeded
+    alike and advanced alike)."""
     out = {}
     for name in ATTACKS:
-        got = []
-        for early_stop in (True, False):
-            attack = create_attack(name, early_stop=early_stop)
-            attack.steps = steps
-            gen = torch.Generator(device=x.device).manual_seed(0)
-            got.append(attack(model, x, y, eps=EPS, generator=gen).x_adv)
-        out[name] = int((got[0] != got[1]).flatten(1).any(1).sum())
+        early, full = last.get(name), last.get(f"{name}-all-steps")
+        if hasattr(early, "x_adv") and hasattr(full, "x_adv"):
+            out[name] = int((early.x_adv != full.x_adv).flatten(1).any(1).sum())
     return out
 
 
@@ -123,10 +120,12 @@ def sync(device: str) -> None:
 
 
 def time_cell(fns: dict[str, Callable[[], object]], rounds: int, device: str
-              ) -> dict[str, float | str]:
-    """Median seconds per callable over interleaved rounds (after one warm-up round)."""
+              ) -> tuple[dict[str, float | str], dict[str, object]]:
+    """Median seconds per callable over interleaved rounds (after one warm-up round), and
+    what each returned in the last round."""
     times: dict[str, list[float]] = {n: [] for n in fns}
     errors: dict[str, str] = {}
+    last: dict[str, object] = {}
     for r in range(rounds + 1):
         for name, fn in fns.items():
             if name in errors:
@@ -134,14 +133,14 @@ def time_cell(fns: dict[str, Callable[[], object]], rounds: int, device: str
             try:
                 sync(device)
                 start = time.perf_counter()
-                fn()
+                last[name] = fn()
                 sync(device)
             except Exception as exc:  # noqa: BLE001 - report the cell, keep going
                 errors[name] = f"{type(exc).__name__}: {exc}"[:200]
                 continue
             if r:  # round 0 is the warm-up (and the compile)
                 times[name].append(time.perf_counter() - start)
-    return {n: errors.get(n) or statistics.median(t) for n, t in times.items()}
+    return {n: errors.get(n) or statistics.median(t) for n, t in times.items()}, last
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -182,9 +181,10 @@ def main(argv: list[str] | None = None) -> dict:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with torch.no_grad():  # every point starts correctly classified
                     y = model(x).argmax(1)
-                med = time_cell(attacks_for(model, x, y, steps), args.rounds, args.device)
+                med, last = time_cell(attacks_for(model, x, y, steps), args.rounds,
+                                      args.device)
                 row = {"quant": quant, "variant": variant, "batch": batch, "seconds": med,
-                       "points_with_other_candidates": same_candidates(model, x, y, steps)}
+                       "points_with_other_candidates": other_candidates(last)}
                 results.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     report = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda")
