@@ -84,11 +84,12 @@ def ensure_chromium(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite (about 8 minutes on a 2-core CPU); with Ray, for the Ray executor's
-    tests. One pytest-xdist worker per core (up to 4), each test file in one worker (its
-    module fixtures built once), each worker with its share of the torch threads."""
+    tests. One pytest-xdist worker per core (up to 4), each with its share of the torch
+    threads; a worker that runs out of tests takes some of another's (``worksteal``: the
+    long tests of one file no longer keep one worker busy while the other waits)."""
     install(session, "test,ray")
     ensure_chromium(session)
-    session.run("pytest", "-n", JOBS, "--dist", "loadfile", *session.posargs)
+    session.run("pytest", "-n", JOBS, "--dist", "worksteal", *session.posargs)
 
 
 #: local processes for the suites (``bench run --jobs``) and the tests (pytest-xdist workers):
