@@ -30,7 +30,11 @@ RECORDS = Path(__file__).resolve().parents[1] / "results" / "records"
 FAMILIES = (("fgsm", "FGSM family (ours)"), ("pgd-", "PGD family (ours)"),
             ("deepfool", "DeepFool (Foolbox)"), ("bba", "Brendel-Bethge (Foolbox)"),
             ("apgd", "APGD (AutoAttack)"), ("square", "Square (AutoAttack)"),
-            ("autoattack", "AutoAttack ensemble"), ("iprop", "IPROP (ours)"))
+            ("autoattack", "AutoAttack ensemble"), ("iprop", "IPROP (ours)"),
+            ("flip-search", "flip search (ours)"), ("milp", "exact verifier (ours)"))
+#: the distributions whose *attacks* an adapter runs (flip search and the verifier name HiGHS,
+#: a solver they call: they are ours)
+ATTACK_LIBRARIES = ("foolbox", "pyautoattack")
 
 
 def family(attack: str) -> str:
@@ -38,14 +42,16 @@ def family(attack: str) -> str:
 
 
 def wraps_a_library(cell: dict) -> bool:
-    """Whether a cell's attack is an adapter of a library's attack: its recorded configuration
-    names library versions, or (records older than that field) the registry says so."""
-    if cell["attack_config"].get("library_versions"):
-        return True
-    try:
-        return bool(getattr(attack_spec(cell["attack"]).factory, "libraries", ()))
-    except UnknownNameError:  # an attack no longer registered, recorded without the field
-        return False
+    """Whether a cell's attack is an adapter of a library's attack (:data:`ATTACK_LIBRARIES`):
+    its recorded configuration names that library's version, or (records older than that
+    field) the registry says so."""
+    names = cell["attack_config"].get("library_versions")
+    if names is None:
+        try:
+            names = getattr(attack_spec(cell["attack"]).factory, "libraries", ())
+        except UnknownNameError:  # an attack no longer registered, recorded without the field
+            return False
+    return any(lib in ATTACK_LIBRARIES for lib in names)
 
 
 def _time(stamp: str) -> dt.datetime:

@@ -64,6 +64,15 @@ def test_suite_time_counts_a_shared_search_once():
 
 
 
+def test_an_attack_that_calls_a_solver_is_not_a_librarys_attack():
+    st = _module("suite_time")
+    flip = {"attack": "flip-search-linf", "attack_config": {"library_versions": {"highspy": "1"}}}
+    bba = {"attack": "bba-linf", "attack_config": {"library_versions": {"foolbox": "3.3.4"}}}
+    old = {"attack": "square", "attack_config": {}}  # recorded before the field: the registry
+    assert not st.wraps_a_library(flip) and st.wraps_a_library(bba) and st.wraps_a_library(old)
+    assert st.family("flip-search-linf") == "flip search (ours)"
+
+
 def test_suite_time_splits_off_the_libraries_attacks():
     st = _module("suite_time")
     b = st.breakdown("mnist5k")
