@@ -11,16 +11,13 @@ import importlib.metadata
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, final
+from typing import Any, ClassVar, final
 
 import torch
 from torch import nn
 
-from attacks.traits import Traits
-from zoo.errors import BadEpsilonError
-
-Norm = Literal["linf", "l2"]
-NORMS: tuple[Norm, ...] = ("linf", "l2")
+from results.errors import BadEpsilonError
+from results.vocabulary import NORMS, Norm, Traits
 
 
 def max_eps(norm: str, dim: int | None) -> float:
@@ -114,7 +111,7 @@ class Attack(ABC):
     def config(self) -> dict[str, Any]:
         """What defines this attack (part of a benchmark cell's identity): class, norm,
         hyperparameters, ``version``, the versions of the libraries it wraps and its traits
-        (family, base attack, scaler, whether it uses gradients; see :mod:`attacks.traits`)."""
+        (family, base attack, scaler, whether it uses gradients; see :mod:`results.vocabulary`)."""
         out = {"class": type(self).__name__, "norm": self.norm, **self._hyperparameters(),
                "version": self.version}
         if self.libraries:

@@ -1,8 +1,7 @@
 """The registered attacks. Importing :mod:`attacks` registers all of them.
 
 Step sizes are fractions of ε, following the paper's ratios (Gupta & Ajanthan, AAAI 2022,
-Table 6): L∞ PGD η = ε/4 (2/255 for 8/255), L2 PGD η = ε/8 (15/255 for 120/255), FGSM η = ε;
-20 steps, one random start.
+Table 6): see :data:`attacks.gradient.BASE_SETTINGS`.
 """
 
 from __future__ import annotations
@@ -11,9 +10,9 @@ from typing import Any
 
 import torch
 
-from attacks.gradient import GradientAttack, _flat_norm
+from attacks.gradient import BASE_SETTINGS, GradientAttack, _flat_norm
 from attacks.registry import register_attack
-from attacks.traits import Traits
+from results.vocabulary import Traits
 
 
 class FlooredL2PGD(GradientAttack):
@@ -34,24 +33,24 @@ class FlooredL2PGD(GradientAttack):
 
 
 register_attack(
-    "fgsm", GradientAttack, norm="linf", steps=1, rel_step=1.0,
+    "fgsm", GradientAttack, **BASE_SETTINGS["fgsm"],
     traits=Traits("gradient", "fgsm"),
     description="FGSM L∞: uniform random start in the ε-ball, one step of size ε (CE loss)",
 )
 register_attack(
-    "pgd-linf", GradientAttack, norm="linf", steps=20, rel_step=0.25,
+    "pgd-linf", GradientAttack, **BASE_SETTINGS["pgd-linf"],
     traits=Traits("gradient", "pgd-linf"),
     description="PGD L∞: random start, 20 steps of ε/4, CE loss",
 )
 register_attack(
-    "pgd-l2", GradientAttack, norm="l2", steps=20, rel_step=0.125,
+    "pgd-l2", GradientAttack, **BASE_SETTINGS["pgd-l2"],
     traits=Traits("gradient", "pgd-l2"),
     description="PGD L2: random start, 20 normalised-gradient steps of ε/8, joint L2 "
     "projection of the whole input, CE loss; the step g/‖g‖ is computed as "
     "(g/max|g|)/‖g/max|g|‖, which does not underflow",
 )
 register_attack(
-    "pgd-l2-floor", FlooredL2PGD, norm="l2", steps=20, rel_step=0.125, floor=1e-12,
+    "pgd-l2-floor", FlooredL2PGD, **BASE_SETTINGS["pgd-l2"], floor=1e-12,
     traits=Traits("gradient", "pgd-l2"),
     description="PGD L2 as pgd-l2, but with the reference normalisation g / max(‖g‖, 1e-12): "
     "it stands still where ‖g‖ underflows to 0 (saturated BNNs); the gap to pgd-l2 is "

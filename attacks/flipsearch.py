@@ -54,7 +54,7 @@ from attacks.integer_bnn import FIRST_LAYER_TOL
 from attacks.milp import BNNVerifier
 from attacks.reach import Reach, box_steps, holds_conflicting_pair, pair_conflicts
 from attacks.registry import register_attack
-from attacks.traits import Traits
+from results.vocabulary import BNN_WAQ_MLP, Traits
 
 
 class IntegerTail:
@@ -350,7 +350,7 @@ class _PointSearch:
 register_attack(
     "flip-search-linf", FlipSearchLinf,
     traits=Traits("combinatorial", "flip-search-linf", uses_gradients=False,
-                  applies_to={"arch": "mlp*", "quant": "bnn-waq"}),
+                  applies_to=BNN_WAQ_MLP),
     description="flip search on BNN-WAQ MLPs, L∞, no gradients: depth-first over the first "
     "layer's sign flips (pairwise-reachable only), every completion of the 14 most balanced "
     "units through the exact integer network, winners realised by projected steps or one LP",

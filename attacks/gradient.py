@@ -271,6 +271,16 @@ def dlr_sum(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return dlr_loss(z, y).sum()
 
 
+#: The baselines' step settings, which every variant of them (PGD++, DLR, restarts) shares:
+#: the paper's ratios (Gupta & Ajanthan, AAAI 2022, Table 6), L∞ PGD η = ε/4 (2/255 for 8/255),
+#: L2 PGD η = ε/8 (15/255 for 120/255), FGSM η = ε; 20 steps, one random start.
+BASE_SETTINGS: dict[str, dict[str, Any]] = {
+    "fgsm": {"norm": "linf", "steps": 1, "rel_step": 1.0},
+    "pgd-linf": {"norm": "linf", "steps": 20, "rel_step": 0.25},
+    "pgd-l2": {"norm": "l2", "steps": 20, "rel_step": 0.125},
+}
+
+
 class GradientAttack(Attack):
     """PGD with ``steps`` steps of size ``rel_step · ε``; FGSM is ``steps=1, rel_step=1``."""
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks.base import unwrap
-from zoo.errors import QBenchError
+from results.errors import QBenchError
 from zoo.layers import BinaryLinear, SignActivation, sign_pm1
 
 #: Margin (in first-layer pre-activation units) by which a float64 first-layer margin must clear 0

@@ -47,7 +47,7 @@ from torch import nn
 from attacks.base import Attack, AttackResult
 from attacks.integer_bnn import FIRST_LAYER_TOL, IntegerBNN
 from attacks.registry import register_attack
-from attacks.traits import Traits
+from results.vocabulary import BNN_WAQ_MLP, Traits
 
 
 def last_layer_flips(h: torch.Tensor, c: torch.Tensor, S: torch.Tensor | int,
@@ -384,7 +384,7 @@ class IPROP(Attack):
 register_attack(
     "iprop", IPROP,
     traits=Traits("combinatorial", "iprop", uses_gradients=False,
-                  applies_to={"arch": "mlp*", "quant": "bnn-waq"}),
+                  applies_to=BNN_WAQ_MLP),
     description="IPROP without a MILP solver (Khalil et al. 2019): exact integer target "
     "propagation on BNN-WAQ MLPs, L∞, no gradients; runner-up target first",
 )

@@ -41,7 +41,7 @@ from torch import nn
 
 from attacks.base import NORMS, Attack, AttackResult, MinimumNormAttack, Norm
 from attacks.registry import register_attack
-from attacks.traits import Traits
+from results.vocabulary import Traits
 
 _AA_NORM = {"linf": "Linf", "l2": "L2"}
 

@@ -59,7 +59,7 @@ from attacks.base import Attack, AttackResult, unwrap
 from attacks.integer_bnn import FIRST_LAYER_TOL, IntegerBNN
 from attacks.reach import Reach, Rows, highs_solver, pass_model
 from attacks.registry import create_attack, register_attack
-from attacks.traits import Traits
+from results.vocabulary import BNN_WAQ_MLP, Traits
 
 VERDICTS = ("robust", "broken", "unknown")
 
@@ -464,7 +464,7 @@ class MILPLinf(Attack):
 
 register_attack(
     "milp-linf", MILPLinf,
-    traits=Traits("exact", "milp-linf", applies_to={"arch": "mlp*", "quant": "bnn-waq"}),
+    traits=Traits("exact", "milp-linf", applies_to=BNN_WAQ_MLP),
     description="exact L∞ verifier for BNN-WAQ MLPs (HiGHS): PGD/PGD++ first, then every "
     "standing point proved robust, broken by a counterexample, or unknown at the time limit",
 )

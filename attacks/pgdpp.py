@@ -33,9 +33,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks.gradient import FixedTemperature, Forward, GradientAttack, LogitScaler
+from attacks.gradient import (
+    BASE_SETTINGS,
+    FixedTemperature,
+    Forward,
+    GradientAttack,
+    LogitScaler,
+)
 from attacks.registry import register_attack
-from attacks.traits import Traits
+from results.vocabulary import Traits
 
 #: the NJS confidence threshold ρ of the paper
 NJS_RHO = 0.01
@@ -430,14 +436,11 @@ def scaled_gradient_attack(*, scaler: str | LogitScaler | None = "none",
     return GradientAttack(scaler=make_scaler(scaler), **kwargs)
 
 
-# Same step settings as the baselines of attacks/catalog.py.
-_BASES: dict[str, tuple[dict[str, Any], str]] = {
-    "fgsm": ({"norm": "linf", "steps": 1, "rel_step": 1.0},
-             "FGSM L∞: random start, one step of size ε"),
-    "pgd-linf": ({"norm": "linf", "steps": 20, "rel_step": 0.25},
-                 "PGD L∞: random start, 20 steps of ε/4"),
-    "pgd-l2": ({"norm": "l2", "steps": 20, "rel_step": 0.125},
-               "PGD L2: random start, 20 normalised-gradient steps of ε/8"),
+#: how each baseline's description starts (its settings: :data:`BASE_SETTINGS`)
+_BASE_TEXT = {
+    "fgsm": "FGSM L∞: random start, one step of size ε",
+    "pgd-linf": "PGD L∞: random start, 20 steps of ε/4",
+    "pgd-l2": "PGD L2: random start, 20 normalised-gradient steps of ε/8",
 }
 _SCALER_TEXT = {
     "njs": "CE on NJS-scaled logits (β1 = 1/mean singular value of the Jacobian with respect "
@@ -452,7 +455,8 @@ _SCALER_TEXT = {
 
 
 def _register() -> None:
-    for base, (settings, text) in _BASES.items():
+    for base, text in _BASE_TEXT.items():
+        settings = BASE_SETTINGS[base]
         for scaler, scaler_text in _SCALER_TEXT.items():
             kind = "fixed" if scaler.startswith("beta") else scaler
             register_attack(f"{base}-{scaler}", scaled_gradient_attack, scaler=scaler,
@@ -461,7 +465,7 @@ def _register() -> None:
         register_attack(f"{base}-dlr", GradientAttack, loss="dlr",
                         traits=Traits("gradient", base),
                         description=f"{text}; DLR loss", **settings)
-    register_attack("pgd-linf-r5", GradientAttack, restarts=5, **_BASES["pgd-linf"][0],
+    register_attack("pgd-linf-r5", GradientAttack, restarts=5, **BASE_SETTINGS["pgd-linf"],
                     traits=Traits("gradient", "pgd-linf"),
                     description="PGD L∞: 20 steps of ε/4, CE loss, 5 random restarts "
                     "(a sample counts as broken if any restart breaks it)")

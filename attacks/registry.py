@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from attacks.base import Attack
-from attacks.traits import Traits
-from zoo.errors import UnknownNameError
+from results.errors import UnknownNameError
+from results.vocabulary import Traits
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ _ATTACKS: dict[str, AttackSpec] = {}
 def register_attack(name: str, factory: Callable[..., Attack], *, description: str,
                     traits: Traits, **defaults: Any) -> None:
     """Register ``factory(**defaults)`` under ``name`` (the factory is usually the class),
-    with the traits that every cell of it records (see :mod:`attacks.traits`)."""
+    with the traits that every cell of it records (see :mod:`results.vocabulary`)."""
     if name in _ATTACKS:
         raise ValueError(f"attack {name!r} is registered twice")
     probe = factory(**defaults)

@@ -14,10 +14,11 @@ from bench.calibrate import calibrate
 from bench.determinism import deterministic as deterministic_mode
 from bench.inputs import check_distinct, eps_by_norm
 from bench.runner import check_inputs, evaluate_cells, resolve_device
+from results.errors import BadEpsilonError, BadModelError, QBenchError
 from results.schema import to_dict
+from results.vocabulary import match_names
 from zoo import tensor_sha256
 from zoo.data import Dataset
-from zoo.errors import BadEpsilonError, BadModelError, QBenchError, match_names
 
 
 def weights_sha256(model: nn.Module) -> str:
@@ -108,7 +109,7 @@ def evaluate(
     CUDA algorithms (see :mod:`bench.determinism`); the previous mode is restored afterwards.
 
     Bad arguments, and a model whose output is not finite ``(N, classes)`` logits, raise a
-    :class:`zoo.errors.QBenchError` subclass with a one-line message before any attack runs.
+    :class:`results.errors.QBenchError` subclass with a one-line message before any attack runs.
     """
     check_arguments(model, dataset, attacks, eps, n, seed)
     pattern = attacks if isinstance(attacks, str) else ",".join(attacks)

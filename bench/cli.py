@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.inputs import one_eps, parse_eps
+from results.vocabulary import NORMS
 
 EPILOG = """\
 examples:
@@ -97,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         "single best attack and its cost (ms and forward/backward passes per attacked "
         "sample). --costs prints the cost of each attack instead.")
     p.add_argument("--suite", default=None, help="suite (default: mnist5k)")
-    p.add_argument("--norm", default="linf", choices=["linf", "l2"], help="default: linf")
+    p.add_argument("--norm", default="linf", choices=NORMS, help="default: linf")
     p.add_argument("--eps", default=None, help="ε of the board (default: 0.1 for linf, 1.5 "
                    "for l2); fractions such as 8/255 are accepted")
     p.add_argument("--attacks", default=None,
@@ -181,7 +182,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def check_common(args: argparse.Namespace) -> None:
     """Options that several commands share, checked (and ``--results`` made a Path) before
     anything loads; each refusal names the value and what is allowed."""
-    from zoo.errors import QBenchError
+    from results.errors import QBenchError
 
     if getattr(args, "results", None) is not None:
         if not args.results.strip():
@@ -208,7 +209,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.determinism import enable_deterministic
     from bench.runner import build_grid, resolve_device, run_grid
     from bench.suites import DEFAULT_SUITE, get_suite
-    from zoo.errors import QBenchError
+    from results.errors import QBenchError
 
     resolve_device(args.device)  # an unknown device is refused before anything loads
 
@@ -224,8 +225,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     custom = args.suite is None and args.models is not None
     suite = get_suite(args.suite or DEFAULT_SUITE)
     if custom:
+        from results.vocabulary import match_names
         from zoo import model_spec
-        from zoo.errors import match_names
         from zoo.registry import list_models
 
         first = match_names(args.models, list_models(), "model")[0]
@@ -278,9 +279,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_board(args: argparse.Namespace) -> int:
     from bench.suites import DEFAULT_SUITE
     from results import load, load_models
+    from results.errors import QBenchError
     from results.store import check_records_folder
     from results.tables import attack_costs, board, to_markdown
-    from zoo.errors import QBenchError, match_names
+    from results.vocabulary import match_names
 
     suite = args.suite or DEFAULT_SUITE
     check_records_folder(suite, args.results, write=False)
@@ -331,8 +333,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from bench.determinism import enable_deterministic
     from bench.runner import resolve_device
     from bench.suites import get_suite
+    from results.errors import QBenchError
+    from results.vocabulary import match_names
     from zoo import get_model, list_models
-    from zoo.errors import QBenchError, match_names
     from zoo.registry import ship
 
     if args.models is None and args.suite is None:
@@ -371,8 +374,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from results import RecordError
+    from results.errors import QBenchError
     from results.store import RecordWriteError
-    from zoo.errors import QBenchError
 
     args = build_parser().parse_args(argv)
     handler = {"list": cmd_list, "run": cmd_run, "board": cmd_board, "show": cmd_show,

@@ -42,9 +42,9 @@ from bench.runner import (
     plan_cells,
 )
 from results import CellRecord, ModelRecord
+from results.errors import CorruptWeightsError, QBenchError
 from zoo import get_model, load_dataset, model_spec
 from zoo.data import Dataset
-from zoo.errors import CorruptWeightsError, QBenchError
 from zoo.registry import weights_path
 
 #: A task whose worker process died is run again this many times before its cells are errors.

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from fractions import Fraction
 
 from attacks import NORMS, check_eps
-from zoo.errors import BadEpsilonError
+from results.errors import BadEpsilonError
 
 EPS_FORMS = "write 0.1, 8/255, or NORM=v1,v2 such as linf=0.1,0.3"
 

@@ -30,9 +30,9 @@ from bench import provenance
 from bench.determinism import enable_deterministic
 from bench.runner import Grid, RunSummary, plan_cells, resolve_device, run_grid
 from results import cells_path
+from results.errors import QBenchError
 from results.store import CellLog
 from zoo import get_model, load_dataset
-from zoo.errors import QBenchError
 
 
 def threads_per_job(jobs: int, threads: int | None = None) -> int:

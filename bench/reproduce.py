@@ -42,10 +42,11 @@ from bench.calibrate import calibrate
 from bench.runner import evaluate_cells, resolve_device
 from results.bestknown import current_runs
 from results.board import traits_from_config
+from results.errors import QBenchError
 from results.schema import CellRecord
 from results.store import latest_cells
+from results.vocabulary import match_names
 from zoo import get_model, load_dataset
-from zoo.errors import QBenchError, match_names
 
 #: The fields of a record that are results, hence must be reproduced exactly
 COMPARED = ("key", "model_sha256", "attack_config", "inputs_sha256", "status", "n",

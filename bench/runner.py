@@ -29,6 +29,7 @@ from bench.instrument import CountingModel
 from bench.suites import LimitRules, limit_rules
 from bench.verify import predict, verify
 from results import CellRecord, ModelRecord, cells_path, latest_cells, models_path
+from results.errors import BadEpsilonError, CorruptWeightsError, QBenchError
 from results.schema import RecordError, finite
 from results.store import (
     CellLog,
@@ -39,9 +40,9 @@ from results.store import (
     latest_models,
     latest_models_in,
 )
+from results.vocabulary import match_names
 from zoo import get_model, list_models, load_dataset, model_spec, tensor_sha256
 from zoo.data import Dataset, dataset_info
-from zoo.errors import BadEpsilonError, CorruptWeightsError, QBenchError, match_names
 from zoo.layers import frozen
 
 

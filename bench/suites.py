@@ -47,7 +47,7 @@ import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from zoo.errors import UnknownNameError
+from results.errors import UnknownNameError
 
 #: The default suite's models: the paper's MLP, a wide MLP and the convnets, each quantized
 #: three ways (the verification-friendly mnist5k-mlp3x50-bnn-waq belongs to mnist5k-oracle)

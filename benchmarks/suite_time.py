@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 
 from attacks.registry import attack_spec
-from zoo.errors import UnknownNameError
+from results.errors import UnknownNameError
 
 RECORDS = Path(__file__).resolve().parents[1] / "results" / "records"
 

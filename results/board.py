@@ -27,7 +27,6 @@ This module imports no torch: the site renders in an environment without it.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -37,10 +36,8 @@ import pandas as pd
 
 from results.bestknown import best_known, current_runs
 from results.exact import Exact, exact_summaries
+from results.vocabulary import BNN_WAQ_MLP, applies
 
-#: Attack families in board order (the same as ``attacks.traits.FAMILIES``, checked by a test)
-FAMILIES = ("gradient", "gradient-temperature", "minimum-norm", "gradient-free",
-            "combinatorial", "exact")
 FAMILY_LABEL = {"gradient": "gradient", "gradient-temperature": "gradient, temperature (PGD++)",
                 "minimum-norm": "minimum-norm", "gradient-free": "gradient-free",
                 "combinatorial": "combinatorial", "exact": "exact (verifier)",
@@ -90,23 +87,15 @@ def traits_from_config(config: dict[str, Any] | None) -> tuple[dict[str, Any], s
     elif cls in ("IPROP", "FlipSearchLinf"):
         family, grads = "combinatorial", False
         base = "iprop" if cls == "IPROP" else "flip-search-linf"
-        applies = {"arch": "mlp*", "quant": "bnn-waq"}
+        applies = dict(BNN_WAQ_MLP)
     elif cls == "MILPLinf":
         family, base = "exact", "milp-linf"
-        applies = {"arch": "mlp*", "quant": "bnn-waq"}
+        applies = dict(BNN_WAQ_MLP)
     if base is None:
         return {"family": "unknown", "base": str(cls), "scaler": "none",
                 "uses_gradients": True, "applies_to": {}}, "unknown"
     return {"family": family, "base": base, "scaler": scaler, "uses_gradients": grads,
             "applies_to": applies}, "config"
-
-
-def applies(traits: dict[str, Any], card: dict[str, Any] | None) -> bool:
-    """Whether an attack with these traits applies to a model with this card (no card: yes)."""
-    wanted = traits.get("applies_to") or {}
-    if not wanted or not isinstance(card, dict):
-        return True
-    return all(fnmatch.fnmatchcase(str(card.get(k, "")), str(p)) for k, p in wanted.items())
 
 
 @dataclass(frozen=True)
@@ -280,7 +269,7 @@ def _board(suite: str, norm: str, eps: float, group: pd.DataFrame,
         row_cells = {}
         for col in columns:
             c = by_attack.get(col.name)
-            if not applies({"applies_to": col.applies_to}, card):
+            if not applies(col.applies_to, card):
                 row_cells[col.name] = BoardCell(col.name, "n/a")
             elif c is None:
                 row_cells[col.name] = BoardCell(col.name, "not run")

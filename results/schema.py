@@ -13,6 +13,8 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from results.vocabulary import NORMS
+
 SCHEMA_VERSION = 1
 
 
@@ -59,8 +61,8 @@ class CellRecord:
 
     def validate(self) -> CellRecord:
         _check_types(self)
-        if self.norm not in ("linf", "l2"):
-            raise RecordError(f"norm must be 'linf' or 'l2', got {self.norm!r}")
+        if self.norm not in NORMS:
+            raise RecordError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
         if self.status not in ("ok", "error"):
             raise RecordError(f"status must be 'ok' or 'error', got {self.status!r}")
         if not (math.isfinite(self.eps) and self.eps >= 0):

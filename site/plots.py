@@ -137,7 +137,7 @@ def against_exact(path: Path, *, title: str, series: dict[str, list[tuple[float,
     return _save(fig, path)
 
 
-#: one colour per attack family (results.board.FAMILIES)
+#: one colour per attack family (results.vocabulary.FAMILIES)
 KIND_COLOUR = {"gradient": "#1f4e8c", "gradient-temperature": "#2a9d8f",
                "minimum-norm": "#e9a23b", "gradient-free": "#d1495b", "combinatorial": "#7b4fa0",
                "exact": "#1b1b1b"}

@@ -10,7 +10,7 @@ import torch
 import attacks
 from attacks.gradient import project, random_start
 from bench.verify import distance
-from zoo.errors import BadEpsilonError, UnknownNameError
+from results.errors import BadEpsilonError, UnknownNameError
 
 BASELINES = [("fgsm", 0.1), ("fgsm", 0.3), ("pgd-linf", 0.05), ("pgd-linf", 0.3),
              ("pgd-l2", 0.5), ("pgd-l2", 2.0)]

@@ -28,9 +28,7 @@ from torch import nn
 import bench
 import zoo
 from bench.cli import main
-from results.store import RECORDS_DIR
-from zoo import store
-from zoo.errors import (
+from results.errors import (
     BadEpsilonError,
     BadModelError,
     CorruptDataError,
@@ -38,6 +36,8 @@ from zoo.errors import (
     QBenchError,
     UnknownNameError,
 )
+from results.store import RECORDS_DIR
+from zoo import store
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = "digits-mlp5x100-ref"

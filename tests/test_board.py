@@ -7,12 +7,13 @@ import math
 
 import pandas as pd
 import pytest
+from leaderboard import plots
 
 import attacks
-from attacks.traits import FAMILIES
 from results import board as rb
 from results.schema import CellRecord, to_dict
 from results.tables import board as table_board
+from results.vocabulary import FAMILIES
 
 
 def test_every_attack_config_carries_version_traits_and_library_versions():
@@ -32,7 +33,8 @@ def test_every_attack_config_carries_version_traits_and_library_versions():
         "foolbox": foolbox.__version__}
     assert set(attacks.create_attack("apgd-ce").config()["library_versions"]) == {"pyautoattack"}
     assert "library_versions" not in attacks.create_attack("pgd-linf").config()
-    assert rb.FAMILIES == FAMILIES
+    # every family has a board label and a plot colour
+    assert set(FAMILIES) <= set(rb.FAMILY_LABEL) and set(FAMILIES) == set(plots.KIND_COLOUR)
     t = attacks.create_attack("pgd-l2-njs").config()["traits"]
     assert (t["family"], t["base"], t["scaler"]) == ("gradient-temperature", "pgd-l2", "njs")
     assert attacks.create_attack("iprop").config()["traits"]["applies_to"] == {

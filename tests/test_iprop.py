@@ -12,7 +12,7 @@ import zoo
 from attacks import create_attack
 from attacks.integer_bnn import IntegerBNN, UnsupportedModelError
 from attacks.iprop import IPROP, last_layer_flips
-from zoo.errors import QBenchError
+from results.errors import QBenchError
 from zoo.layers import sign_pm1
 from zoo.models import MLP
 

@@ -16,9 +16,9 @@ import attacks
 from attacks.base import Attack, AttackResult
 from attacks.library import draw_seed, nearest_training_starts
 from attacks.registry import _ATTACKS, AttackSpec
-from attacks.traits import Traits
 from bench import runner
 from bench.verify import distance, verify
+from results.vocabulary import Traits
 
 N = 30
 #: (attack, ε, overrides that keep the test fast; none for the deterministic runner checks)

@@ -8,7 +8,7 @@ import torch
 import bench
 import results
 from bench import runner
-from zoo.errors import BadEpsilonError, QBenchError, UnknownNameError
+from results.errors import BadEpsilonError, QBenchError, UnknownNameError
 
 EPS = {"linf": [0.1, 0.3], "l2": [1.0]}
 

@@ -10,8 +10,8 @@ import bench
 import results
 from attacks.base import Attack, AttackResult
 from attacks.registry import _ATTACKS, AttackSpec
-from attacks.traits import Traits
 from bench import runner
+from results.vocabulary import Traits
 
 GRID = dict(suite="t", dataset="digits", models="digits-mlp5x100-ref,digits-mlp5x100-bnn-waq",
             attacks="fgsm,pgd-linf", eps={"linf": [0.1, 0.3]}, n=40, seed=1)

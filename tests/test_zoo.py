@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import zoo
+from results.errors import CorruptWeightsError, DataMissingError, QBenchError, UnknownNameError
 from zoo import registry, store
 from zoo.data import read_idx, stratified_split
-from zoo.errors import CorruptWeightsError, DataMissingError, QBenchError, UnknownNameError
 from zoo.layers import BinaryLinear, SignActivation
 
 

@@ -18,11 +18,11 @@ from torch import nn
 
 import zoo
 from attacks.gradient import FixedTemperature, GradientAttack
+from results.errors import DataMissingError
 from zoo.catalog import MNIST_AT_EPS, at_recipe
 from zoo.cifar import resnet18, vgg16
 from zoo.convnets import VGGNet, convnet
 from zoo.data import DEBIAN_FASHION_MNIST, Dataset
-from zoo.errors import DataMissingError
 from zoo.layers import BinaryConv2d, BinaryLinear, SignActivation
 from zoo.models import MLP, QUANTS
 from zoo.registry import model_card, model_spec
@@ -334,7 +334,7 @@ def test_cifar10_suite_runs_on_cpu_with_a_tiny_subset_and_one_training_step(tmp_
 
     from bench import cli
     from bench.suites import get_suite
-    from zoo.errors import match_names
+    from results.vocabulary import match_names
 
     monkeypatch.setenv("QBENCH_CACHE", str(tmp_path / "cache"))
     _write_fake_cifar10(tmp_path / "data", per_batch=20)

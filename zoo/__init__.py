@@ -1,8 +1,6 @@
 """The model zoo: datasets and trained models, each reachable by name."""
 
-from zoo import catalog as _catalog  # noqa: F401 - registers the models
-from zoo.data import Dataset, list_datasets, load_dataset, tensor_sha256
-from zoo.errors import (
+from results.errors import (
     BadEpsilonError,
     BadModelError,
     CorruptDataError,
@@ -12,6 +10,8 @@ from zoo.errors import (
     QBenchError,
     UnknownNameError,
 )
+from zoo import catalog as _catalog  # noqa: F401 - registers the models
+from zoo.data import Dataset, list_datasets, load_dataset, tensor_sha256
 from zoo.registry import ModelSpec, get_model, list_models, model_spec, register_model
 
 __all__ = [

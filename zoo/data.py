@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zoo.errors import CorruptDataError, DataMissingError, QBenchError, UnknownNameError
+from results.errors import CorruptDataError, DataMissingError, QBenchError, UnknownNameError
 
 SPLIT_SEED = 20220222  # seed of the fixed train/test split of the embedded datasets
 

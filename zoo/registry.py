@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from results.errors import CorruptWeightsError, QBenchError, UnknownNameError
 from zoo.data import dataset_info, load_dataset
-from zoo.errors import CorruptWeightsError, QBenchError, UnknownNameError
 from zoo.store import (
     SHIPPED_DIR,
     load_weights,

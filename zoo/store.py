@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from zoo.errors import CorruptWeightsError
+from results.errors import CorruptWeightsError
 
 
 def cache_dir() -> Path:

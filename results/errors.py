@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import fnmatch
 
 
 class QBenchError(Exception):
@@ -51,23 +50,3 @@ class BadModelError(QBenchError, ValueError):
 
 class BadEpsilonError(QBenchError, ValueError):
     """An epsilon that is negative, not finite, or out of range for its norm."""
-
-
-def match_names(pattern: str, names: list[str], kind: str) -> list[str]:
-    """Names matching a wildcard pattern (or a comma-separated list of patterns).
-
-    Raises UnknownNameError with close matches if a part matches nothing, and
-    EmptyPatternError if the pattern holds no name at all (``''``, ``','``).
-    """
-    parts = [p.strip() for p in pattern.split(",") if p.strip()]
-    if not parts:
-        raise EmptyPatternError(
-            f"empty {kind} pattern {pattern!r}; give one or more {kind} names or wildcards, "
-            f"comma-separated (list them with `python -m bench list {kind}s`)")
-    out: list[str] = []
-    for part in parts:
-        hits = sorted(fnmatch.filter(names, part))
-        if not hits:
-            raise UnknownNameError(kind, part, names)
-        out.extend(h for h in hits if h not in out)
-    return out

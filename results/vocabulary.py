@@ -1,0 +1,100 @@
+"""The project's vocabulary: the words every room uses, written once.
+
+This module imports neither torch nor any registry, so the zoo, the attacks, the runner, the
+records and the site all read the same facts from it:
+
+* :data:`NORMS`: the threat models' norms (``linf``, ``l2``);
+* :data:`FAMILIES`: what kind of attack a registered name is, in the order the boards group
+  their columns:
+
+  - ``gradient``: first-order attacks on a loss of the logits (FGSM, PGD, APGD, AutoAttack);
+  - ``gradient-temperature``: the same with a temperature β on the logits (PGD++ NJS/HNS, and
+    the fixed-β heuristic); Gupta & Ajanthan (AAAI 2022), Sec. 4;
+  - ``minimum-norm``: attacks that search the smallest adversarial perturbation and are then
+    clipped to the ε-ball (DeepFool, Brendel-Bethge);
+  - ``gradient-free``: score-based attacks that never call a backward pass (Square);
+  - ``combinatorial``: attacks on the exact integer network of a BNN (IPROP, flip search);
+  - ``exact``: verifiers that decide each point (robust, broken, or unknown at a time limit)
+    with a solver on the exact integer network (the MILP oracle);
+* :data:`SCALERS`: the temperature an attack puts on the logits (``none``, ``njs``,
+  ``njs-raw`` for NJS with β1 in pixel coordinates, ``hns``, ``fixed``);
+* :class:`Traits`: an attack's family, base attack, scaler, whether it uses gradients and the
+  models it applies to, written into every cell's configuration (boards, badges and the
+  attacks page read these recorded facts; nothing is inferred from an attack's name);
+* :func:`applies`: whether an attack applies to a model, from the model's card fields
+  (``arch``, ``quant``, …): the planner drops the cells where it does not, the boards show
+  "n/a" there;
+* :func:`match_names`: how a user's comma-separated wildcard patterns select registered names.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from results.errors import EmptyPatternError, UnknownNameError
+
+Norm = Literal["linf", "l2"]
+NORMS: tuple[Norm, ...] = ("linf", "l2")
+
+FAMILIES = ("gradient", "gradient-temperature", "minimum-norm", "gradient-free",
+            "combinatorial", "exact")
+SCALERS = ("none", "njs", "njs-raw", "hns", "fixed")
+
+#: The models the combinatorial attacks and the verifier take: fully binarized MLPs (their
+#: exact integer network is what they search or solve)
+BNN_WAQ_MLP = {"arch": "mlp*", "quant": "bnn-waq"}
+
+
+def applies(applies_to: Mapping[str, str] | None, card: Mapping[str, Any] | None) -> bool:
+    """Whether an attack that applies to ``applies_to`` (card field → shell-style pattern;
+    empty: every model) applies to a model with this card (no card: yes)."""
+    if not applies_to or not isinstance(card, Mapping):
+        return True
+    return all(fnmatch.fnmatchcase(str(card.get(k, "")), str(p)) for k, p in applies_to.items())
+
+
+@dataclass(frozen=True)
+class Traits:
+    """What kind of attack a registered name is (see the module docstring)."""
+
+    family: str
+    base: str
+    scaler: str = "none"
+    uses_gradients: bool = True
+    applies_to: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
+        if self.scaler not in SCALERS:
+            raise ValueError(f"scaler must be one of {SCALERS}, got {self.scaler!r}")
+
+    def applies(self, card: Mapping[str, Any] | None) -> bool:
+        """Whether the attack applies to a model with this card (see :func:`applies`)."""
+        return applies(self.applies_to, card)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def match_names(pattern: str, names: list[str], kind: str) -> list[str]:
+    """Names matching a wildcard pattern (or a comma-separated list of patterns).
+
+    Raises UnknownNameError with close matches if a part matches nothing, and
+    EmptyPatternError if the pattern holds no name at all (``''``, ``','``).
+    """
+    parts = [p.strip() for p in pattern.split(",") if p.strip()]
+    if not parts:
+        raise EmptyPatternError(
+            f"empty {kind} pattern {pattern!r}; give one or more {kind} names or wildcards, "
+            f"comma-separated (list them with `python -m bench list {kind}s`)")
+    out: list[str] = []
+    for part in parts:
+        hits = sorted(fnmatch.filter(names, part))
+        if not hits:
+            raise UnknownNameError(kind, part, names)
+        out.extend(h for h in hits if h not in out)
+    return out
