@@ -9,11 +9,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from attacks import list_attacks
+from attacks import attack_spec, list_attacks
 from bench.calibrate import calibrate
 from bench.determinism import deterministic as deterministic_mode
+from bench.engine import evaluate_cells, resolve_device
+from bench.grid import check_inputs, plan_cells
 from bench.inputs import check_distinct, eps_by_norm
-from bench.runner import check_inputs, evaluate_cells, resolve_device
 from results.errors import BadEpsilonError, BadModelError, QBenchError
 from results.schema import to_dict
 from results.vocabulary import match_names
@@ -121,8 +122,9 @@ def evaluate(
         model = model.to(device).eval()
         check_model(model, data, n, device)
         calibrate(model, data, device)  # NJS β1 on the first 101 test images, as in the runner
+        cells = plan_cells(data, [(a, checked[attack_spec(a).norm], n) for a in attack_names])
         records = evaluate_cells(
-            model, model_name=name, model_sha256=weights_sha256(model), suite="api",
-            dataset=data, attacks=attack_names, eps=checked, n=n, seed=seed, device=device,
+            model, cells, model_name=name, model_sha256=weights_sha256(model), suite="api",
+            dataset=data, n=n, seed=seed, device=device,
         )
         return pd.DataFrame([to_dict(r) for r in records])

@@ -198,20 +198,36 @@ def check_common(args: argparse.Namespace) -> None:
             raise QBenchError(f"{', '.join(given)} sizes Ray tasks and takes effect with "
                               "--executor ray only; add --executor ray, or leave it out")
     elif hasattr(args, "executor"):
-        from bench.distributed import check_task_size, probe
+        from bench.executors.ray_cluster import check_task_size, probe
 
         check_task_size(args.gpus_per_task, args.threads_per_task)
         if args.ray_address not in (None, "auto"):
             probe(args.ray_address)  # a cluster that cannot be there: refused before anything
 
 
+def pick_executor(args: argparse.Namespace):  # noqa: ANN201 - an Executor
+    """The executor ``--executor``, ``--jobs`` and the Ray options ask for."""
+    from bench.executors import Local, Processes, RayCluster
+    from results.errors import QBenchError
+
+    if args.executor == "ray":
+        if args.jobs != 1:
+            raise QBenchError(f"--jobs {args.jobs} runs local processes; with --executor ray "
+                              "use --threads-per-task to size the tasks")
+        return RayCluster(args.ray_address, args.gpus_per_task, args.threads_per_task)
+    return Local() if args.jobs == 1 else Processes(args.jobs)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.determinism import enable_deterministic
-    from bench.runner import build_grid, resolve_device, run_grid
+    from bench.engine import resolve_device
+    from bench.grid import build_grid
+    from bench.runner import run_grid
     from bench.suites import DEFAULT_SUITE, get_suite
     from results.errors import QBenchError
 
     resolve_device(args.device)  # an unknown device is refused before anything loads
+    executor = pick_executor(args)
 
     if args.max_train_steps is not None and args.results is None:
         raise QBenchError("--max-train-steps trains smoke models: give --results DIR so that "
@@ -242,13 +258,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if args.deterministic:
         enable_deterministic()
-    summary = run_grid(grid, device=args.device, results_root=args.results, force=args.force,
-                       retrain=args.retrain, progress=not args.no_progress,
+    summary = run_grid(grid, executor, results_root=args.results, force=args.force,
+                       device=args.device, retrain=args.retrain, progress=not args.no_progress,
                        weights="trained" if args.retrain else "shipped",
-                       data_root=args.data_root, max_train_steps=args.max_train_steps,
-                       executor=args.executor, ray_address=args.ray_address,
-                       gpus_per_task=args.gpus_per_task, threads_per_task=args.threads_per_task,
-                       jobs=args.jobs)
+                       data_root=args.data_root, max_train_steps=args.max_train_steps)
     from results import cells_path
 
     shared = f", {summary.shared} computed by another process" if summary.shared else ""
@@ -331,7 +344,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from bench.determinism import enable_deterministic
-    from bench.runner import resolve_device
+    from bench.engine import resolve_device
     from bench.suites import get_suite
     from results.errors import QBenchError
     from results.vocabulary import match_names

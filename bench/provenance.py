@@ -58,3 +58,13 @@ def now() -> str:
 def host() -> str:
     """The name of the machine computing a record."""
     return socket.gethostname()
+
+
+def stamp(device: str, *, with_host: bool = True) -> dict[str, object]:
+    """What every record says of how it was made: library versions, hardware, UTC time, and
+    (for cells) the machine's name."""
+    out: dict[str, object] = {"versions": versions(), "hardware": hardware(device),
+                              "created": now()}
+    if with_host:
+        out["host"] = host()
+    return out

@@ -39,7 +39,8 @@ import torch
 import results
 from attacks import attack_spec
 from bench.calibrate import calibrate
-from bench.runner import evaluate_cells, resolve_device
+from bench.engine import evaluate_cells, resolve_device
+from bench.grid import plan_cells
 from results.bestknown import current_runs
 from results.board import traits_from_config
 from results.errors import QBenchError
@@ -163,10 +164,10 @@ def recompute(record: CellRecord, device: str) -> CellRecord:
     torch.set_num_threads(record_threads(record))
     try:
         calibrate(model, data, device)  # NJS β1 on the first 101 test images, as the runner
+        cells = plan_cells(data, [(record.attack, [record.eps], record.n)])
         return next(evaluate_cells(
-            model, model_name=record.model, model_sha256=record.model_sha256,
-            suite=record.suite, dataset=data, attacks=[record.attack],
-            eps={record.norm: [record.eps]}, n=record.n, seed=record.seed, device=device))
+            model, cells, model_name=record.model, model_sha256=record.model_sha256,
+            suite=record.suite, dataset=data, n=record.n, seed=record.seed, device=device))
     finally:
         torch.set_num_threads(threads)
 

@@ -100,17 +100,12 @@ def limit_rules(limits: LimitRules) -> list[tuple[str, Limit]]:
 #: The convolutional networks of the default suite: a PGD step costs them about 20× an MLP's.
 MNIST_CONVNETS = "mnist5k-convnet-*"
 
-#: The models of the default suite that IPROP and flip search do not apply to (all but the
-#: BNN-WAQ MLPs).
-MNIST_NOT_BNN_WAQ_MLP = "mnist5k-convnet-*,*-ref,*-ref-at,*-bnn-wq,*-bnn-wq-at"
-
 #: The limits of the default MNIST suite (see the module docstring for the timings): the
 #: first rule matching the model and the attack applies.
 MNIST_LIMITS = (
-    # IPROP and flip search take BNN-WAQ MLPs only (their exact integer network); IPROP runs
-    # there everywhere, flip search (a few tenths of a second per point) on 200 points
-    ("iprop", Limit(eps={"linf": [], "l2": []}, models=MNIST_NOT_BNN_WAQ_MLP)),
-    ("flip-search-linf", Limit(eps={"linf": [], "l2": []}, models=MNIST_NOT_BNN_WAQ_MLP)),
+    # IPROP and flip search apply to BNN-WAQ MLPs only (their traits say so: the planner
+    # gives them no cells elsewhere); IPROP runs there everywhere, flip search (a few tenths
+    # of a second per point) on 200 points
     ("flip-search-linf", Limit(n=200)),
     # convnets: every attack on the first 200 points at L∞ 0.1, 0.3 and L2 1.5; the
     # query-hungry ones (their budgets are spent in full on robust points) on 50 points

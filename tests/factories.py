@@ -16,3 +16,15 @@ def make_cell(**over) -> CellRecord:
     )
     base.update(over)
     return CellRecord(**base)
+
+
+def evaluate_attacks(model, *, dataset, attacks: list[str], eps: dict[str, list[float]], n: int,
+                     **kw):
+    """The engine on ``attacks`` × their norm's ε on the first ``n`` test points (the cells of
+    a grid with no limits): an iterator of records, as :func:`bench.engine.evaluate_cells`."""
+    from attacks import attack_spec
+    from bench.engine import evaluate_cells
+    from bench.grid import plan_cells
+
+    cells = plan_cells(dataset, [(a, eps.get(attack_spec(a).norm, []), n) for a in attacks])
+    return evaluate_cells(model, cells, dataset=dataset, n=n, **kw)

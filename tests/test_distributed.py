@@ -21,7 +21,9 @@ from procfs import cmdline
 
 import bench
 import results
-from bench.distributed import Shipped, Unit, execute_unit, pack
+from bench.executors import RayCluster
+from bench.executors.ray_cluster import Shipped, Unit, execute_unit, pack
+from bench.grid import plan_cells
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
@@ -54,8 +56,8 @@ def local_run(tmp_path_factory, digits_models) -> Path:
 
 def test_ray_gives_the_local_cells_keys_and_per_sample_results(tmp_path, local_run):
     assert not ray.is_initialized()
-    summary = bench.run_grid(bench.build_grid(**GRID), results_root=tmp_path, progress=False,
-                             executor="ray", threads_per_task=1)
+    summary = bench.run_grid(bench.build_grid(**GRID), RayCluster(threads_per_task=1),
+                             results_root=tmp_path, progress=False)
     assert not ray.is_initialized()  # the run started its own local Ray and stopped it
     assert summary.ok and summary.ran == 20
     assert per_sample(tmp_path) == per_sample(local_run)
@@ -63,8 +65,8 @@ def test_ray_gives_the_local_cells_keys_and_per_sample_results(tmp_path, local_r
     assert (df["host"] != "").all() and (df["device"] == "cpu").all()
     assert sorted(results.load_models("t", root=tmp_path)["model"]) == sorted(
         GRID["models"].split(","))
-    again = bench.run_grid(bench.build_grid(**GRID), results_root=tmp_path, progress=False,
-                           executor="ray")
+    again = bench.run_grid(bench.build_grid(**GRID), RayCluster(), results_root=tmp_path,
+                           progress=False)
     assert again.ran == 0 and again.skipped == 20  # resume: nothing is sent twice
 
 
@@ -87,8 +89,8 @@ def test_a_worker_killed_mid_task_is_retried_without_duplicates(tmp_path, local_
     killer = threading.Thread(target=_kill_first_task_worker, args=(stop, killed))
     killer.start()
     try:
-        summary = bench.run_grid(bench.build_grid(**GRID), results_root=tmp_path,
-                                 progress=False, executor="ray")
+        summary = bench.run_grid(bench.build_grid(**GRID), RayCluster(), results_root=tmp_path,
+                                 progress=False)
     finally:
         stop.set()
         killer.join()
@@ -107,9 +109,9 @@ def test_weights_that_do_not_match_their_card_become_error_cells(digits_models, 
     good = pack("digits-mlp5x100-ref", card)
     bad = Shipped(good.name, good.blob[:-1] + bytes([good.blob[-1] ^ 1]), card)
     grid = bench.build_grid(**{**GRID, "models": "digits-mlp5x100-ref", "attacks": "fgsm"})
-    keys = tuple(c.key(card["weights_sha256"], grid.seed) for c in
-                 bench.runner.plan_cells(digits, ["fgsm"], grid.eps, grid.n))
-    out = execute_unit(Unit("digits-mlp5x100-ref", "fgsm", keys), bad, grid=grid,
+    cells = tuple(plan_cells(digits, [("fgsm", grid.eps["linf"], grid.n)]))
+    keys = [c.key(card["weights_sha256"], grid.seed) for c in cells]
+    out = execute_unit(Unit("digits-mlp5x100-ref", "fgsm", cells), bad, grid=grid,
                        data_root=None, device="cpu", threads=1)
     assert [r.status for r in out] == ["error", "error"]
     assert all("sha256" in r.error and r.key in keys for r in out)

@@ -49,8 +49,9 @@ def compute(model_name: str = MODEL, dataset: str = "digits", cells: list | None
     verification, counting) at one torch thread."""
     import zoo
     from attacks import create_attack
-    from bench import runner
+    from bench import engine
     from bench.calibrate import calibrate
+    from bench.grid import cell_seed
     from bench.verify import predict
 
     threads = torch.get_num_threads()
@@ -63,8 +64,8 @@ def compute(model_name: str = MODEL, dataset: str = "digits", cells: list | None
         clean = predict(model, x) == y
         out_cells = []
         for attack, eps in CELLS if cells is None else cells:
-            out = runner.attack_cell(model, x, y, clean, attack_name=attack, eps=eps,
-                                     seed=runner.cell_seed(SEED, model_name, attack, eps),
+            out = engine.attack_cell(model, x, y, clean, attack_name=attack, eps=eps,
+                                     seed=cell_seed(SEED, model_name, attack, eps),
                                      device="cpu", train_x=data.train_x)
             out_cells.append({"attack": attack, "eps": eps,
                               "config": create_attack(attack).config(),

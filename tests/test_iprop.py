@@ -205,10 +205,10 @@ def test_iprop_runs_through_the_runner_and_counts_integer_forwards(waq_batch):
     """The runner's pass counter is a transparent wrapper: IPROP looks through it, and its
     cost is the forward passes of its exact integer network (no backward passes)."""
     import bench
-    from bench import runner
+    from bench import engine
 
     model, x, y, clean = waq_batch
-    out = runner.attack_cell(model, x, y, clean, attack_name="iprop", eps=0.2, seed=3,
+    out = engine.attack_cell(model, x, y, clean, attack_name="iprop", eps=0.2, seed=3,
                              device="cpu")
     assert out["status"] == "ok", out["error"]
     attacked = int(clean.sum())

@@ -11,12 +11,13 @@ import dataclasses
 
 import pytest
 import torch
+from factories import evaluate_attacks
 
 import attacks
 from attacks.base import Attack, AttackResult
 from attacks.library import draw_seed, nearest_training_starts
 from attacks.registry import _ATTACKS, AttackSpec
-from bench import runner
+from bench import engine
 from bench.verify import distance, verify
 from results.vocabulary import Traits
 
@@ -63,7 +64,7 @@ def test_same_seed_gives_identical_records(name, batch):
     model, x, y = batch
     clean = torch.ones(len(x), dtype=torch.bool)
     eps = {"deepfool-l2": 1.0, "apgd-dlr": 0.1, "autoattack": 0.2}[name]
-    recs = [runner.attack_cell(model, x, y, clean, attack_name=name, eps=eps, seed=11,
+    recs = [engine.attack_cell(model, x, y, clean, attack_name=name, eps=eps, seed=11,
                                device="cpu") for _ in range(2)]
     for r in recs:
         r.pop("seconds"), r.pop("seconds_per_sample")
@@ -180,8 +181,8 @@ def test_a_bba_cell_gives_the_same_result_alone_and_after_pgdpp(digits, digits_m
     model = digits_models["bnn-waq"]
     kw = dict(model_name="m", model_sha256="0" * 64, suite="t", dataset=digits,
               eps={"linf": [0.1]}, n=16, seed=0, device="cpu")
-    alone = list(runner.evaluate_cells(model, attacks=["bba-linf"], **kw))
-    after = list(runner.evaluate_cells(model, attacks=["pgd-linf-njs", "pgd-linf", "bba-linf"],
+    alone = list(evaluate_attacks(model, attacks=["bba-linf"], **kw))
+    after = list(evaluate_attacks(model, attacks=["pgd-linf-njs", "pgd-linf", "bba-linf"],
                                        **kw))
     assert [r.attack for r in after] == ["pgd-linf-njs", "pgd-linf", "bba-linf"]
     a, b = alone[0], after[-1]
@@ -209,7 +210,7 @@ def test_bba_on_a_graph_cutting_model_is_an_error_cell(batch, digits):
         def forward(self, t):
             return self.inner(t.detach())
 
-    out = runner.attack_cell(GraphCut().eval(), x, y, torch.ones(len(x), dtype=torch.bool),
+    out = engine.attack_cell(GraphCut().eval(), x, y, torch.ones(len(x), dtype=torch.bool),
                              attack_name="bba-linf", eps=0.1, seed=0, device="cpu",
                              train_x=digits.train_x)
     assert out["status"] == "error" and "grad" in out["error"]
@@ -250,7 +251,7 @@ def test_out_of_ball_or_box_candidates_are_rejected(mode, norm, eps, batch, digi
                       Traits("gradient-free", f"bad-{mode}", uses_gradients=False))
     monkeypatch.setitem(_ATTACKS, spec.name, spec)
     clean = torch.ones(len(x), dtype=torch.bool)
-    out = runner.attack_cell(model, x, y, clean, attack_name=spec.name, eps=eps, seed=0,
+    out = engine.attack_cell(model, x, y, clean, attack_name=spec.name, eps=eps, seed=0,
                              device="cpu")
     assert out["status"] == "ok"
     assert out["rejected"] > 0
@@ -270,7 +271,7 @@ def test_deepfool_searches_once_for_all_eps_and_matches_single_eps_runs(name, di
                                                                         digits_models):
     model = digits_models["bnn-waq"]
     eps = {"linf": [0.05, 0.1, 0.2], "l2": [0.5, 1.0, 2.0]}
-    rows = list(runner.evaluate_cells(
+    rows = list(evaluate_attacks(
         model, model_name="m", model_sha256="0" * 64, suite="t", dataset=digits,
         attacks=[name], eps=eps, n=40, seed=0, device="cpu",
     ))
@@ -285,7 +286,7 @@ def test_deepfool_searches_once_for_all_eps_and_matches_single_eps_runs(name, di
     with torch.no_grad():
         clean = model(x).argmax(1) == y
     for row, e in zip(rows, eps[norm], strict=True):
-        single = runner.attack_cell(model, x, y, clean, attack_name=name, eps=e, seed=0,
+        single = engine.attack_cell(model, x, y, clean, attack_name=name, eps=e, seed=0,
                                     device="cpu")
         assert single["robust"] == row.robust and "search_shared_across_eps" not in single["info"]
     accs = [r.robust_acc for r in rows]

@@ -160,12 +160,12 @@ def test_milp_cell_through_the_runner(waq_batch, digits):
     """``milp-linf`` through the runner on the digits BNN-WAQ MLP: one verdict per test point
     ("" for clean mistakes), robust = proved + unknown, and no other attack of the same
     points breaks a point it proved robust."""
-    from bench import runner
+    from bench import engine
     from bench.calibrate import calibrate
 
     model, x, y, clean = waq_batch
     calibrate(model, digits, "cpu")  # NJS (a presolve attack) needs its β1, as in a run
-    out = runner.attack_cell(model, x, y, clean, attack_name="milp-linf", eps=0.02, seed=0,
+    out = engine.attack_cell(model, x, y, clean, attack_name="milp-linf", eps=0.02, seed=0,
                              device="cpu")
     assert out["status"] == "ok", out["error"]
     info, verdicts = out["info"], out["info"]["verdicts"]
@@ -175,7 +175,7 @@ def test_milp_cell_through_the_runner(waq_batch, digits):
     assert info["broken"] == sum(clean.tolist()) - sum(out["robust"])
     assert out["rejected"] == 0
     for other in ("pgd-linf-njs", "apgd-ce", "fgsm"):
-        cell = runner.attack_cell(model, x, y, clean, attack_name=other, eps=0.02, seed=0,
+        cell = engine.attack_cell(model, x, y, clean, attack_name=other, eps=0.02, seed=0,
                                   device="cpu")
         for v, r in zip(verdicts, cell["robust"], strict=True):
             assert not (v == "robust" and r == 0), other

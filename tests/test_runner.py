@@ -7,7 +7,7 @@ import torch
 
 import bench
 import results
-from bench import runner
+from bench import engine
 from results.errors import BadEpsilonError, QBenchError, UnknownNameError
 
 EPS = {"linf": [0.1, 0.3], "l2": [1.0]}
@@ -51,7 +51,7 @@ def test_grid_records_every_cell_then_resumes(tmp_path, digits_models):
 
 def test_interrupted_run_keeps_finished_cells(tmp_path, monkeypatch, digits_models):
     grid = small_grid(models="digits-mlp5x100-ref")
-    real = runner.attack_cell
+    real = engine.attack_cell
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -60,11 +60,11 @@ def test_interrupted_run_keeps_finished_cells(tmp_path, monkeypatch, digits_mode
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "attack_cell", flaky)
+    monkeypatch.setattr(engine, "attack_cell", flaky)
     with pytest.raises(KeyboardInterrupt):
         bench.run_grid(grid, device="cpu", results_root=tmp_path, progress=False)
     assert len(results.load("t", root=tmp_path)) == 2
-    monkeypatch.setattr(runner, "attack_cell", real)
+    monkeypatch.setattr(engine, "attack_cell", real)
     rest = bench.run_grid(grid, device="cpu", results_root=tmp_path, progress=False)
     assert rest.ran == 1 and rest.skipped == 2
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from factories import evaluate_attacks
 from torch import nn
 
 import bench
 import results
 from attacks.base import Attack, AttackResult
 from attacks.registry import _ATTACKS, AttackSpec
-from bench import runner
+from bench import engine
+from bench.executors import local
 from results.vocabulary import Traits
 
 GRID = dict(suite="t", dataset="digits", models="digits-mlp5x100-ref,digits-mlp5x100-bnn-waq",
@@ -20,14 +22,14 @@ GRID = dict(suite="t", dataset="digits", models="digits-mlp5x100-ref,digits-mlp5
 def test_a_model_that_fails_to_train_gets_error_cells_and_the_grid_goes_on(
         tmp_path, monkeypatch, digits_models):
     grid = bench.build_grid(**GRID)
-    real = runner.get_model
+    real = local.get_model
 
     def broken(name, **kw):
         if name.endswith("-ref"):
             raise RuntimeError("disk full while training")
         return real(name, **kw)
 
-    monkeypatch.setattr(runner, "get_model", broken)
+    monkeypatch.setattr(local, "get_model", broken)
     first = bench.run_grid(grid, device="cpu", results_root=tmp_path, progress=False)
     assert not first.ok and first.errors == 4 and first.ran == 8
     assert first.failures == ["digits-mlp5x100-ref: training failed: RuntimeError: disk full "
@@ -37,7 +39,7 @@ def test_a_model_that_fails_to_train_gets_error_cells_and_the_grid_goes_on(
     assert (bad["status"] == "error").all() and bad["error"].str.contains("disk full").all()
     assert (df[df["model"] != "digits-mlp5x100-ref"]["status"] == "ok").all()
 
-    monkeypatch.setattr(runner, "get_model", real)  # the failure was a one-off
+    monkeypatch.setattr(local, "get_model", real)  # the failure was a one-off
     second = bench.run_grid(grid, device="cpu", results_root=tmp_path, progress=False)
     assert second.ok and second.ran == 4 and second.skipped == 4  # only the errors are retried
     df = results.load("t", root=tmp_path)
@@ -47,7 +49,7 @@ def test_a_model_that_fails_to_train_gets_error_cells_and_the_grid_goes_on(
 def test_an_error_cell_is_retried_and_never_replaces_an_ok_cell(tmp_path, monkeypatch,
                                                                digits_models):
     grid = bench.build_grid(**{**GRID, "models": "digits-mlp5x100-bnn-waq"})
-    real = runner._attack_batches
+    real = engine._attack_batches
     calls = {"n": 0}
 
     def once(*args, **kw):
@@ -56,7 +58,7 @@ def test_an_error_cell_is_retried_and_never_replaces_an_ok_cell(tmp_path, monkey
             raise RuntimeError("a one-off failure")
         return real(*args, **kw)
 
-    monkeypatch.setattr(runner, "_attack_batches", once)
+    monkeypatch.setattr(engine, "_attack_batches", once)
     first = bench.run_grid(grid, device="cpu", results_root=tmp_path, progress=False)
     assert first.errors == 1 and first.ran == 4
     second = bench.run_grid(grid, device="cpu", results_root=tmp_path, progress=False)
@@ -66,7 +68,7 @@ def test_an_error_cell_is_retried_and_never_replaces_an_ok_cell(tmp_path, monkey
     def always(*args, **kw):
         raise RuntimeError("broken now")
 
-    monkeypatch.setattr(runner, "_attack_batches", always)
+    monkeypatch.setattr(engine, "_attack_batches", always)
     forced = bench.run_grid(grid, device="cpu", results_root=tmp_path, progress=False,
                             force=True)
     assert forced.errors == 4 and forced.ran == 0  # failed, and nothing was written over ok
@@ -96,11 +98,11 @@ def test_out_of_memory_retries_once_with_half_the_batch(digits, digits_models):
         clean = inner(x).argmax(1) == y
     k = int(clean.sum())
     kw = dict(attack_name="pgd-linf", eps=0.2, seed=5, device="cpu")
-    out = runner.attack_cell(OutOfMemoryAbove(inner, k - 1).eval(), x, y, clean, **kw)
+    out = engine.attack_cell(OutOfMemoryAbove(inner, k - 1).eval(), x, y, clean, **kw)
     assert out["status"] == "ok" and out["info"]["oom_batch_size"] == k // 2
-    halved = runner.attack_cell(inner, x, y, clean, batch_size=k // 2, **kw)
+    halved = engine.attack_cell(inner, x, y, clean, batch_size=k // 2, **kw)
     assert out["robust"] == halved["robust"]
-    too_big = runner.attack_cell(OutOfMemoryAbove(inner, k // 4).eval(), x, y, clean, **kw)
+    too_big = engine.attack_cell(OutOfMemoryAbove(inner, k // 4).eval(), x, y, clean, **kw)
     assert too_big["status"] == "error" and "OutOfMemoryError" in too_big["error"]
 
 
@@ -119,7 +121,7 @@ def test_non_finite_info_is_stored_as_null(tmp_path, monkeypatch, digits, digits
     monkeypatch.setitem(_ATTACKS, "undefined-stat", AttackSpec(
         "undefined-stat", UndefinedStatistic, "linf", "test plugin", {},
         Traits("gradient-free", "undefined-stat", uses_gradients=False)))
-    rows = list(runner.evaluate_cells(
+    rows = list(evaluate_attacks(
         digits_models["ref"], model_name="m", model_sha256="0" * 64, suite="t", dataset=digits,
         attacks=["undefined-stat"], eps={"linf": [0.1]}, n=30, seed=0, device="cpu"))
     (row,) = rows
@@ -134,10 +136,10 @@ def test_non_finite_info_is_stored_as_null(tmp_path, monkeypatch, digits, digits
 def test_a_model_with_logits_of_the_wrong_shape_fails_its_clean_pass(digits):
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).eval()
     try:
-        next(runner.evaluate_cells(
+        next(evaluate_attacks(
             model, model_name="m", model_sha256="0" * 64, suite="t", dataset=digits,
             attacks=["fgsm"], eps={"linf": [0.1]}, n=10, seed=0, device="cpu"))
-    except runner.StageError as exc:
+    except engine.StageError as exc:
         assert "clean pass failed" in str(exc) and "(2, 10)" in str(exc)
     else:
         raise AssertionError("no StageError")
@@ -163,7 +165,7 @@ def test_per_point_lists_span_the_test_set_or_fail_their_cell(monkeypatch, digit
     monkeypatch.setitem(_ATTACKS, "per-point", AttackSpec(
         "per-point", PerPointVerdicts, "linf", "test plugin", {"short": short},
         Traits("gradient-free", "per-point", uses_gradients=False)))
-    rows = list(runner.evaluate_cells(
+    rows = list(evaluate_attacks(
         digits_models["ref"], model_name="m", model_sha256="0" * 64, suite="t", dataset=digits,
         attacks=["per-point", "fgsm"], eps={"linf": [0.1]}, n=30, seed=0, device="cpu"))
     row, other = rows

@@ -9,13 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from factories import evaluate_attacks
 from torch import nn
 
 import attacks
 import bench
 import results
 import zoo
-from bench import runner
+from bench import engine
 from bench.suites import Limit, Suite
 from results.bestknown import current_runs
 from results.schema import CellRecord, to_dict
@@ -35,7 +36,7 @@ class GraphCut(nn.Module):  # Brendel-Bethge's case is in test_library_attacks.p
 def test_graph_cutting_model_gives_error_cells_for_gradient_attacks_only(digits,
                                                                         digits_models):
     model = GraphCut(digits_models["bnn-waq"]).eval()
-    rows = {r.attack: r for r in runner.evaluate_cells(
+    rows = {r.attack: r for r in evaluate_attacks(
         model, model_name="cut", model_sha256="0" * 64, suite="t", dataset=digits,
         attacks=["pgd-linf", "apgd-ce", "deepfool-linf", "square"],
         eps={"linf": [0.3]}, n=20, seed=0, device="cpu",
@@ -59,7 +60,7 @@ def test_pass_counts_of_pgd(k, digits, digits_models):
         p.grad = None  # other tests' attacks may have left parameter gradients
     x, y = digits.test_subset(k)
     clean = torch.ones(k, dtype=torch.bool)
-    out = runner.attack_cell(model, x, y, clean, attack_name="pgd-linf", eps=0.1, seed=0,
+    out = engine.attack_cell(model, x, y, clean, attack_name="pgd-linf", eps=0.1, seed=0,
                              device="cpu")
     assert out["status"] == "ok"
     # 20 steps with one forward and one backward each (the runner's verification of the last
@@ -68,12 +69,12 @@ def test_pass_counts_of_pgd(k, digits, digits_models):
     assert all(p.grad is None for p in model.parameters())  # no parameter gradients
     # HNS: one batched Jacobian at the start (a forward and d = 10 backward passes), whose
     # forward pass serves PGD's first step too
-    hns = runner.attack_cell(model, x, y, clean, attack_name="pgd-linf-hns", eps=0.1, seed=0,
+    hns = engine.attack_cell(model, x, y, clean, attack_name="pgd-linf-hns", eps=0.1, seed=0,
                              device="cpu")
     assert hns["forwards_per_sample"] == 20 and hns["backwards_per_sample"] == 30
     if k > 10:
         return
-    apgd = runner.attack_cell(model, x, y, clean, attack_name="apgd-ce", eps=0.1, seed=0,
+    apgd = engine.attack_cell(model, x, y, clean, attack_name="apgd-ce", eps=0.1, seed=0,
                               device="cpu")
     assert 100 <= apgd["forwards_per_sample"] <= 105
     assert 100 <= apgd["backwards_per_sample"] <= 102

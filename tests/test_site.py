@@ -22,7 +22,8 @@ import torch
 from leaderboard import build_site
 
 import results
-from bench.runner import build_grid, run_grid
+from bench.grid import build_grid
+from bench.runner import run_grid
 from results import CellRecord, ModelRecord
 
 CHROMIUM = Path("/usr/bin/chromium")

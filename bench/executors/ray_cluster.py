@@ -1,13 +1,13 @@
-"""The Ray executor: the same grid, records and resume on many CPUs, GPUs and machines.
+"""The Ray executor: the same plan, records and resume on many CPUs, GPUs and machines.
 
-The driver (the process that runs ``python -m bench run --executor ray``) plans the grid as
-the local executor does (the same cells, keys and suite limits; cells recorded ``ok`` are
-skipped), trains or loads each model once and puts its weights file and card into Ray's
-object store. It then sends one task per (model, attack) holding the cells of that attack not
-yet recorded, at all its ε (a minimum-norm attack searches once for all of them, as locally).
+The driver (the process that runs ``python -m bench run --executor ray``) has the plan every
+executor gets (the same cells, keys and suite limits; cells recorded ``ok`` are skipped),
+trains or loads each model once and puts its weights file and card into Ray's object store.
+It then sends one task per (model, attack) holding the cells of that attack not yet
+recorded, at all its ε (a minimum-norm attack searches once for all of them, as locally).
 A task is a pure function of its inputs: it rebuilds the network from the zoo by name, checks
 the weights against the card's sha256, calibrates NJS β1 on the first 101 test images, runs
-the cells exactly as :func:`bench.runner.evaluate_cells` does locally and returns their
+the cells with the engine (:func:`bench.engine.evaluate_cells`) as locally and returns their
 records. The driver is the only writer of the records, so resume, keys and
 :func:`results.load` are unchanged; a rerun of a killed driver's command resumes it.
 
@@ -29,18 +29,17 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from bench.calibrate import calibrate
-from bench.jobs import prepare_worker
-from bench.runner import (
-    RUN,
-    Grid,
-    PlannedCell,
-    Recorder,
+from bench.engine import (
+    GateState,
     StageError,
     error_cells,
     evaluate_cells,
     model_record,
-    plan_cells,
+    prepare_worker,
 )
+from bench.executors.base import RunOptions
+from bench.grid import Grid, Plan, PlannedCell
+from bench.recorder import Recorder
 from results import CellRecord, ModelRecord
 from results.errors import CorruptWeightsError, QBenchError
 from zoo import get_model, load_dataset, model_spec
@@ -57,7 +56,7 @@ class Unit:
 
     model: str
     attack: str
-    keys: tuple[str, ...]
+    cells: tuple[PlannedCell, ...]
 
 
 @dataclass(frozen=True)
@@ -105,11 +104,6 @@ def dataset(name: str, data_root: str | None) -> Dataset:
     return _WORKER_DATA[(name, data_root)]
 
 
-def unit_plan(grid: Grid, data: Dataset, unit: Unit, sha: str) -> list[PlannedCell]:
-    plan = plan_cells(data, [unit.attack], grid.eps, grid.n, grid.limits.get(unit.model, {}))
-    return [c for c in plan if c.key(sha, grid.seed) in unit.keys]
-
-
 def execute_unit(unit: Unit, shipped: Shipped, *, grid: Grid, data_root: str | None,
                  device: str, threads: int, deterministic: bool = False) -> list[CellRecord]:
     """Run one unit's cells where this function runs; their records (errors included)."""
@@ -121,15 +115,12 @@ def execute_unit(unit: Unit, shipped: Shipped, *, grid: Grid, data_root: str | N
     try:
         model = unpack(shipped, data, device)
         stage = "clean pass"
-        keys = set(unit.keys)
         return list(evaluate_cells(
-            model, model_name=unit.model, model_sha256=shipped.sha256, suite=grid.suite,
-            dataset=data, attacks=[unit.attack], eps=grid.eps, n=grid.n, seed=grid.seed,
-            device=device, limits=grid.limits.get(unit.model, {}),
-            gate=lambda k: contextlib.nullcontext(RUN if k in keys else "other")))
+            model, unit.cells, model_name=unit.model, model_sha256=shipped.sha256,
+            suite=grid.suite, dataset=data, n=grid.n, seed=grid.seed, device=device,
+            gate=lambda k: contextlib.nullcontext(GateState.RUN)))
     except Exception as exc:  # noqa: BLE001 - a failing model becomes error cells
-        reason = str(exc) if isinstance(exc, StageError) else StageError(stage, exc).args[0]
-        return error_cells(unit_plan(grid, data, unit, shipped.sha256), reason, **fields)
+        return error_cells(unit.cells, StageError.reason(stage, exc), **fields)
 
 
 def describe_model(shipped: Shipped, *, grid: Grid, data_root: str | None, device: str,
@@ -204,67 +195,79 @@ def connect(address: str | None, threads_per_task: int) -> bool:
     return True
 
 
-def run_on_ray(grid: Grid, rec: Recorder, *, address: str | None, gpus_per_task: float,
-               threads_per_task: int, retrain: bool, data_root: str | None,
-               max_train_steps: int | None, progress: bool, weights: str = "shipped") -> None:
-    """Run ``grid`` as Ray tasks; ``rec`` records what they return (see the module doc)."""
-    import ray
+@dataclass(frozen=True)
+class RayCluster:
+    """Run the plan as Ray tasks (see the module doc).
 
-    check_task_size(gpus_per_task, threads_per_task)
-    started = connect(address, threads_per_task)
-    device = "cuda" if gpus_per_task > 0 else "cpu"
-    opts = dict(num_cpus=threads_per_task, num_gpus=gpus_per_task, max_retries=MAX_RETRIES)
-    cell_task = ray.remote(execute_unit).options(**opts)
-    model_task = ray.remote(describe_model).options(**opts)
-    common = dict(grid=grid, data_root=data_root, device=device, threads=threads_per_task,
-                  deterministic=torch.are_deterministic_algorithms_enabled())
-    data = load_dataset(grid.dataset, data_root)
-    pending: dict = {}
-    try:
-        for name in grid.models:
-            plan = plan_cells(data, grid.attacks, grid.eps, grid.n, grid.limits.get(name, {}))
-            try:  # loaded (or trained) once, by the driver, sha256-checked
-                _, card = get_model(name, device="cpu", weights=weights, retrain=retrain,
-                                    progress=progress, data_root=data_root,
-                                    max_train_steps=max_train_steps)
-                shipped = pack(name, card)
-            except CorruptWeightsError:
-                raise  # a weights file or card of this machine: one line, not error cells
-            except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the grid
-                rec.fail(name, "", StageError("training", exc).args[0], plan, device)
-                continue
-            todo: dict[str, list[str]] = {}
-            for cell in plan:
-                key = cell.key(shipped.sha256, grid.seed)
-                if rec.done(key):
-                    rec.summary.skipped += 1
-                    rec.bar.update()
-                else:
-                    todo.setdefault(cell.attack, []).append(key)
-            ref = ray.put(shipped)
-            for attack, keys in todo.items():
-                unit = Unit(name, attack, tuple(keys))
-                pending[cell_task.remote(unit, ref, **common)] = (unit, shipped)
-            if rec.wants_model_record(name, shipped.sha256):
-                pending[model_task.remote(ref, **common)] = (None, shipped)
-        while pending:
-            (ready,), _ = ray.wait(list(pending), num_returns=1)
-            unit, shipped = pending.pop(ready)
-            if unit is None:
-                rec.model_done(shipped.name, shipped.sha256, lambda ready=ready: ray.get(ready))
-                continue
-            try:
-                records = ray.get(ready)
-            except Exception as exc:  # noqa: BLE001 - a lost task becomes error cells
-                records = error_cells(
-                    unit_plan(grid, data, unit, shipped.sha256),
-                    f"Ray task failed: {type(exc).__name__}: {exc}"[:500], suite=grid.suite,
-                    dataset=grid.dataset, model=unit.model, model_sha256=shipped.sha256,
-                    device=device, seed=grid.seed)
-            for r in records:
-                rec.record(r)
-                rec.bar.update()
-    finally:
-        if started:
-            ray.shutdown()
+    ``address``: a cluster's ``HOST:PORT``, ``auto`` on a node that joined one, or None
+    (``$RAY_ADDRESS``, else a local Ray started for the run); ``threads_per_task``: CPU threads
+    (and Ray CPUs) per task; ``gpus_per_task``: GPUs per task (fractions share a GPU; 0 runs
+    the tasks on CPUs).
+    """
 
+    address: str | None = None
+    gpus_per_task: float = 0.0
+    threads_per_task: int = 1
+
+    def __post_init__(self) -> None:
+        check_task_size(self.gpus_per_task, self.threads_per_task)
+
+    def execute(self, plan: Plan, rec: Recorder, run: RunOptions) -> None:
+        import ray
+
+        grid = plan.grid
+        started = connect(self.address, self.threads_per_task)
+        device = "cuda" if self.gpus_per_task > 0 else "cpu"
+        opts = dict(num_cpus=self.threads_per_task, num_gpus=self.gpus_per_task,
+                    max_retries=MAX_RETRIES)
+        cell_task = ray.remote(execute_unit).options(**opts)
+        model_task = ray.remote(describe_model).options(**opts)
+        common = dict(grid=grid, data_root=run.data_root, device=device,
+                      threads=self.threads_per_task,
+                      deterministic=torch.are_deterministic_algorithms_enabled())
+        pending: dict = {}
+        try:
+            for name in grid.models:
+                cells = plan.of(name)
+                try:  # loaded (or trained) once, by the driver, sha256-checked
+                    _, card = get_model(name, device="cpu", weights=run.weights,
+                                        retrain=run.retrain, progress=run.progress,
+                                        data_root=run.data_root,
+                                        max_train_steps=run.max_train_steps)
+                    shipped = pack(name, card)
+                except CorruptWeightsError:
+                    raise  # a weights file or card of this machine: one line, not error cells
+                except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the grid
+                    rec.fail(name, "", StageError.reason("training", exc), cells, device)
+                    continue
+                todo: dict[str, list[PlannedCell]] = {}
+                for cell in cells:
+                    if rec.done(cell.key(shipped.sha256, grid.seed)):
+                        rec.skipped()
+                    else:
+                        todo.setdefault(cell.attack, []).append(cell)
+                ref = ray.put(shipped)
+                for attack, todo_cells in todo.items():
+                    unit = Unit(name, attack, tuple(todo_cells))
+                    pending[cell_task.remote(unit, ref, **common)] = (unit, shipped)
+                if rec.wants_model_record(name, shipped.sha256):
+                    pending[model_task.remote(ref, **common)] = (None, shipped)
+            while pending:
+                (ready,), _ = ray.wait(list(pending), num_returns=1)
+                unit, shipped = pending.pop(ready)
+                if unit is None:
+                    rec.model_done(shipped.name, shipped.sha256,
+                                   lambda ready=ready: ray.get(ready))
+                    continue
+                try:
+                    records = ray.get(ready)
+                except Exception as exc:  # noqa: BLE001 - a lost task becomes error cells
+                    records = error_cells(
+                        unit.cells, f"Ray task failed: {type(exc).__name__}: {exc}"[:500],
+                        suite=grid.suite, dataset=grid.dataset, model=unit.model,
+                        model_sha256=shipped.sha256, device=device, seed=grid.seed)
+                for r in records:
+                    rec.record(r)
+        finally:
+            if started:
+                ray.shutdown()
