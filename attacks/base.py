@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, final
 
@@ -67,6 +68,30 @@ class AttackResult:
     per_point: dict[str, list] = field(default_factory=dict)
 
 
+@dataclass
+class AttackContext:
+    """What an attack may know of a model's dataset beyond the batch it attacks, handed to
+    :meth:`Attack.setup` once per model before the first batch.
+
+    ``reference_x``: the dataset's first 101 test images (NJS calibrates β1 on them, the
+    reference protocol; Gupta & Ajanthan, AAAI 2022, Sec. 4.1); ``std``: the dataset's
+    per-channel normalisation σ (the coordinates of NJS's Jacobian); ``train_x``: the training
+    inputs (Brendel-Bethge's fallback starts). ``memo`` holds values of this model that several
+    attacks share, each computed once (:meth:`remember`).
+    """
+
+    reference_x: torch.Tensor | None = None
+    std: tuple[float, ...] | None = None
+    train_x: torch.Tensor | None = None
+    memo: dict[Hashable, Any] = field(default_factory=dict)
+
+    def remember(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """The value stored under ``key``, computed by ``compute()`` the first time."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
+
+
 class Attack(ABC):
     """An attack for one norm. Subclasses take keyword-only hyperparameters in ``__init__``."""
 
@@ -102,6 +127,12 @@ class Attack(ABC):
             raise RuntimeError(f"{type(self).__name__} returned shape {tuple(result.x_adv.shape)}"
                                f" for inputs of shape {tuple(x.shape)}")
         return result
+
+    def setup(self, model: nn.Module, context: AttackContext) -> None:
+        """One-off preparation on ``model`` before the first batch (the benchmark neither times
+        it nor counts its passes): compile a solver, calibrate on the context's reference
+        inputs, keep its training inputs. The base class needs none."""
+        return None
 
     @abstractmethod
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,

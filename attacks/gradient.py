@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.base import NORMS, Attack, AttackResult, Norm
+from attacks.base import NORMS, Attack, AttackContext, AttackResult, Norm
 
 LOSSES = ("ce", "dlr")
 #: the fewest rows a shrinking batch keeps (see the module docstring on early stopping)
@@ -50,6 +50,9 @@ class LogitScaler:
     """A temperature on the logits inside the attack loss. The base class is β = 1."""
 
     name = "none"
+
+    def setup(self, model: nn.Module, context: AttackContext) -> None:
+        """One-off preparation on ``model`` (see :meth:`attacks.base.Attack.setup`)."""
 
     def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Any:
         """Per-batch state computed once at the starting point (e.g. per-sample β)."""
@@ -324,6 +327,9 @@ class GradientAttack(Attack):
         if type(self).direction is GradientAttack.direction:
             return step_into(out, x_adv, grad, x, step, eps, self.norm, box)
         return out.copy_(project(x_adv + step * self.direction(grad), x, eps, self.norm, box))
+
+    def setup(self, model: nn.Module, context: AttackContext) -> None:
+        self.scaler.setup(model, context)
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
             generator: torch.Generator) -> AttackResult:

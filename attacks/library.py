@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from attacks.base import NORMS, Attack, AttackResult, MinimumNormAttack, Norm
+from attacks.base import NORMS, Attack, AttackContext, AttackResult, MinimumNormAttack, Norm
 from attacks.registry import register_attack
 from results.vocabulary import Traits
 
@@ -126,6 +126,13 @@ def adversarial_in_batch(model: nn.Module, starts: torch.Tensor, y: torch.Tensor
     return sel[:0]
 
 
+def predict_all(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The model's predicted classes of ``x``, in chunks of 1,000 on ``device``."""
+    with torch.no_grad():
+        return torch.cat([model(x[i : i + 1000].to(device)).argmax(1)
+                          for i in range(0, len(x), 1000)])
+
+
 class BrendelBethge(Attack):
     """Foolbox's Brendel-Bethge attack (L∞ or L2), defaults, clipped to the ε-ball.
 
@@ -134,8 +141,8 @@ class BrendelBethge(Attack):
     initialisation (``LinearSearchBlendedUniformNoiseAttack``: uniform noise blended towards
     the input by a linear search), seeded from the attack's generator; where that finds no
     adversarial point, the nearest training point (in the attack's norm) that the model
-    assigns to another class than the label (:meth:`set_reference_points` gives the training
-    inputs; without them there is no fallback). Samples without a start are not attacked
+    assigns to another class than the label (:meth:`setup` gives the training inputs; without
+    them there is no fallback). Samples without a start are not attacked
     (their candidate is the clean input). Every candidate is what Brendel-Bethge returns,
     clipped to the ε-ball; ``info`` records how many starts came from where.
     """
@@ -159,13 +166,14 @@ class BrendelBethge(Attack):
         #: Foolbox's defaults of the blended-uniform-noise initialisation
         self.init_directions = init_directions
         self.init_steps = init_steps
-        self._reference: torch.Tensor | None = None
-        self._reference_pred: tuple[int, torch.Tensor] | None = None
+        self._context: AttackContext | None = None
+        self._train_pred: torch.Tensor | None = None
 
-    def set_reference_points(self, train_x: torch.Tensor | None) -> None:
-        """Training inputs for the fallback start (see the class docstring)."""
-        self._reference = train_x
-        self._reference_pred = None
+    def setup(self, model: nn.Module, context: AttackContext) -> None:
+        """Keep the context's training inputs for the fallback start (see the class
+        docstring), and compile Foolbox's numba solver."""
+        self._context, self._train_pred = context, None
+        self.warm_up()
 
     def warm_up(self) -> None:
         """Compile Foolbox's numba solver (20-60 s, once per process) outside any timing:
@@ -213,10 +221,12 @@ class BrendelBethge(Attack):
         starts = torch.where(from_init.view(-1, *[1] * (x.ndim - 1)), starts, x)
         from_train = torch.zeros_like(from_init)
         rest = (~from_init).nonzero().squeeze(1)
-        if len(rest) and self._reference is not None:
-            near, ok = nearest_training_starts(model, x[rest], y[rest], self._reference,
-                                               self.norm,
-                                               train_pred=self._train_pred(model, x.device))
+        train_x = self._context.train_x if self._context is not None else None
+        if len(rest) and train_x is not None:
+            if self._train_pred is None:  # once per setup: the model's classes of train_x
+                self._train_pred = predict_all(model, train_x, x.device)
+            near, ok = nearest_training_starts(model, x[rest], y[rest], train_x, self.norm,
+                                               train_pred=self._train_pred)
             starts[rest[ok]] = near[ok]
             from_train[rest[ok]] = True
         sel = adversarial_in_batch(model, starts, y, (from_init | from_train).nonzero().squeeze(1))
@@ -224,16 +234,6 @@ class BrendelBethge(Attack):
                   "starts_from_train": int(from_train[sel].sum()),
                   "starts_none": len(x) - len(sel)}
         return starts, sel, counts
-
-    def _train_pred(self, model: nn.Module, device: torch.device) -> torch.Tensor:
-        """The model's predictions on the reference points (cached per model object)."""
-        if self._reference_pred is None or self._reference_pred[0] != id(model):
-            ref = self._reference
-            with torch.no_grad():
-                pred = torch.cat([model(ref[i : i + 1000].to(device)).argmax(1)
-                                  for i in range(0, len(ref), 1000)])
-            self._reference_pred = (id(model), pred)
-        return self._reference_pred[1]
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
             generator: torch.Generator) -> AttackResult:

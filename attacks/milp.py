@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from attacks.base import Attack, AttackResult, unwrap
+from attacks.base import Attack, AttackContext, AttackResult, unwrap
 from attacks.integer_bnn import FIRST_LAYER_TOL, IntegerBNN
 from attacks.reach import Reach, Rows, highs_solver, pass_model
 from attacks.registry import create_attack, register_attack
@@ -400,6 +400,13 @@ class MILPLinf(Attack):
         self.max_search_units = max_search_units
         self.use_milp = use_milp
         self.presolve = tuple(presolve)
+        self._presolvers: list[Attack] | None = None
+
+    def setup(self, model: nn.Module, context: AttackContext) -> None:
+        """The presolve attacks, each set up on ``model`` as the benchmark sets up attacks."""
+        self._presolvers = [create_attack(name) for name in self.presolve]
+        for attack in self._presolvers:
+            attack.setup(model, context)
 
     def _hyperparameters(self) -> dict:
         # ``use_milp`` joined the options after the first records; with its default (True) the
@@ -422,12 +429,12 @@ class MILPLinf(Attack):
         x_adv = x.clone()
         broken = torch.zeros(len(x), dtype=torch.bool)
         lo, hi = torch.clamp(x - eps, min=0.0), torch.clamp(x + eps, max=1.0)
-        for name in self.presolve:
+        presolvers = self._presolvers or [create_attack(name) for name in self.presolve]
+        for attack in presolvers:
             todo = (~broken).nonzero().squeeze(1)
             if len(todo) == 0:
                 break
-            cand = create_attack(name)(model, x[todo], y[todo], eps=eps,
-                                       generator=generator).x_adv
+            cand = attack(model, x[todo], y[todo], eps=eps, generator=generator).x_adv
             cand = torch.minimum(torch.maximum(cand, lo[todo]), hi[todo])
             with torch.no_grad():
                 hit = (model(cand).argmax(1) != y[todo]).cpu()

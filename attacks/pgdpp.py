@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from attacks.base import AttackContext
 from attacks.gradient import (
     BASE_SETTINGS,
     FixedTemperature,
@@ -220,6 +221,18 @@ def calibrated_njs_beta1(model: nn.Module) -> float:
     return beta1
 
 
+def reference_beta1(model: nn.Module, context: AttackContext, coords: str = "normalised"
+                    ) -> float | None:
+    """NJS β1 of ``model`` on the context's reference images (the dataset's first 101 test
+    images) in ``coords``, computed once per context; None when the context has no reference
+    images, or no σ for normalised coordinates."""
+    if context.reference_x is None or (coords == "normalised" and context.std is None):
+        return None
+    std = context.std if coords == "normalised" else None
+    return context.remember(("njs-beta1", coords), lambda: njs_beta1(
+        model, context.reference_x, std=std, recompute=True))
+
+
 def njs_beta(logits: torch.Tensor, y: torch.Tensor, beta1: float,
              rho: float = NJS_RHO) -> torch.Tensor:
     """Per-sample effective NJS temperature ``(B,)`` (no gradient).
@@ -242,10 +255,11 @@ def njs_beta(logits: torch.Tensor, y: torch.Tensor, beta1: float,
 class NJSScaler(LogitScaler):
     """Network Jacobian Scaling: β1 per model, times β2 per sample and step when saturated.
 
-    β1 is ``beta1`` when given, else the model's cached :func:`njs_beta1` in ``coords``. In
-    pixel coordinates an uncalibrated model is calibrated on the first ≤ 101 points of the
-    batch being attacked, at their random starts; normalised coordinates need the dataset's σ,
-    so such a model must be calibrated first (``bench.calibrate`` does it for zoo datasets).
+    β1 is ``beta1`` when given, else the model's β1 on the reference images of the context
+    :meth:`setup` received (:func:`reference_beta1`: the benchmark's way), else its cached
+    :func:`njs_beta1` in ``coords``. In pixel coordinates an uncalibrated model is calibrated on
+    the first ≤ 101 points of the batch being attacked, at their random starts; normalised
+    coordinates need the dataset's σ, so such a model must be calibrated first.
     """
 
     name = "njs"
@@ -264,9 +278,13 @@ class NJSScaler(LogitScaler):
         self.beta1 = None if beta1 is None else float(beta1)
         self.n_ref = int(n_ref)
         self.coords = coords
+        self._reference_beta1: float | None = None
+
+    def setup(self, model: nn.Module, context: AttackContext) -> None:
+        self._reference_beta1 = reference_beta1(model, context, self.coords)
 
     def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-        beta1 = self.beta1
+        beta1 = self.beta1 if self.beta1 is not None else self._reference_beta1
         if beta1 is None and self.coords == "pixel":
             beta1 = njs_beta1(model, x, n_ref=self.n_ref)
         elif beta1 is None:

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from attacks import attack_spec, list_attacks
-from bench.calibrate import calibrate
 from bench.determinism import deterministic as deterministic_mode
 from bench.engine import evaluate_cells, resolve_device
 from bench.grid import check_inputs, plan_cells
@@ -121,7 +120,6 @@ def evaluate(
     with deterministic_mode(deterministic):
         model = model.to(device).eval()
         check_model(model, data, n, device)
-        calibrate(model, data, device)  # NJS β1 on the first 101 test images, as in the runner
         cells = plan_cells(data, [(a, checked[attack_spec(a).norm], n) for a in attack_names])
         records = evaluate_cells(
             model, cells, model_name=name, model_sha256=weights_sha256(model), suite="api",

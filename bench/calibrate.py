@@ -1,9 +1,12 @@
-"""Per-model preparation shared by the runner and ``bench.evaluate``.
+"""Per-model preparation: what attacks get from a dataset, and the model diagnostics.
 
-* NJS β1 is calibrated once per model on the first 101 test images of the dataset (the
-  reference protocol), independently of which test points a cell attacks, in both
-  coordinates: the dataset's normalised ones (the ``*-njs`` attacks, as the authors' code)
-  and [0, 1] pixels (``*-njs-raw``).
+* :func:`attack_context`: what :meth:`attacks.base.Attack.setup` gets once per model. NJS
+  calibrates β1 on the first 101 test images of the dataset (the reference protocol),
+  independently of which test points a cell attacks, in the coordinates of its variant: the
+  dataset's normalised ones (the ``*-njs`` attacks, as the authors' code) or [0, 1] pixels
+  (``*-njs-raw``); Brendel-Bethge takes its fallback starts from the training inputs.
+* :func:`calibrate` pins NJS β1 of a model for code that calls attacks directly, without
+  :meth:`~attacks.base.Attack.setup` (tests, benchmarks).
 * Gradient-masking diagnostics (Athalye et al. 2018; the paper's Table 13) are computed on a
   suite's test points and stored in its model record; values that are undefined (no
   correctly classified point) become None.
@@ -16,6 +19,7 @@ import math
 import torch
 from torch import nn
 
+from attacks.base import AttackContext
 from attacks.diagnostics import gradient_diagnostics
 from attacks.pgdpp import NJS_N_REF, njs_beta1
 from zoo import Dataset
@@ -26,6 +30,12 @@ from zoo.data import dataset_info
 DIAGNOSTICS_VERSION = 2
 
 
+def attack_context(data: Dataset, device: str) -> AttackContext:
+    """The context the benchmark sets attacks up with on a model of ``data``."""
+    return AttackContext(reference_x=data.test_x[:NJS_N_REF].to(device),
+                         std=tuple(dataset_info(data.name).std), train_x=data.train_x)
+
+
 def calibrate(model: nn.Module, data: Dataset, device: str) -> float:
     """Pin the model's NJS β1 on the dataset's first 101 test images, in normalised and in
     pixel coordinates; returns the normalised one (the reference's)."""
@@ -34,8 +44,10 @@ def calibrate(model: nn.Module, data: Dataset, device: str) -> float:
     return njs_beta1(model, x_ref, std=dataset_info(data.name).std, recompute=True)
 
 
-def diagnostics(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float | None]:
-    """JSON-ready gradient diagnostics of the model at clean points (NaN → None)."""
-    raw = gradient_diagnostics(model, x, y)
+def diagnostics(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                njs_beta1: float | None = None) -> dict[str, float | None]:
+    """JSON-ready gradient diagnostics of the model at clean points (NaN → None), with the
+    model's NJS β1 (default: its calibrated one, see :func:`calibrate`)."""
+    raw = gradient_diagnostics(model, x, y, njs_beta1=njs_beta1)
     out = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in raw.items()}
     return {**out, "version": DIAGNOSTICS_VERSION}

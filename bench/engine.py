@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from attacks import create_attack
-from attacks.base import AttackResult, MinimumNormAttack
+from attacks.base import AttackContext, AttackResult, MinimumNormAttack
+from attacks.pgdpp import reference_beta1
 from bench import provenance
-from bench.calibrate import diagnostics
+from bench.calibrate import attack_context, diagnostics
 from bench.determinism import enable_deterministic
 from bench.grid import Grid, PlannedCell, cell_seed
 from bench.instrument import CountingModel
@@ -72,16 +73,17 @@ def _sync(device: str) -> None:
 def attack_cell(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean_correct: torch.Tensor, *,
     attack_name: str, eps: float, seed: int, device: str, batch_size: int = 1000,
-    train_x: torch.Tensor | None = None, searches: dict | None = None,
+    context: AttackContext | None = None, searches: dict | None = None,
 ) -> dict:
     """Run one attack at one ε on the correctly classified points and verify the candidates.
 
     Returns the measured fields of a CellRecord. Exceptions from the attack are caught and
     reported as an error cell; the grid goes on. When the device runs out of memory, the
     attack is run once more from the start with half the batch (``info["oom_batch_size"]``
-    says so). ``train_x`` (the dataset's training inputs) is handed to attacks that take
-    reference points (Brendel-Bethge's fallback starts). An attack's one-off ``warm_up()`` (if
-    it has one) is not counted in ``seconds`` or the pass counts.
+    says so). ``context`` (default: an empty one) is what the attack's one-off
+    :meth:`attacks.base.Attack.setup` gets (reference images, σ, training inputs; see
+    :func:`bench.calibrate.attack_context`); its work is not counted in ``seconds`` or the
+    pass counts.
     """
     attack = create_attack(attack_name)
     idx = clean_correct.nonzero().squeeze(1)
@@ -94,7 +96,7 @@ def attack_cell(
         out.update(rejected=0, info={"oom_batch_size": batch} if retry else {}, per_point={})
         try:
             _attack_batches(attack, model, x, y, idx, robust, out, cost, eps=eps, seed=seed,
-                            device=device, batch_size=batch, train_x=train_x,
+                            device=device, batch_size=batch, context=context,
                             searches=None if retry else searches)
         except torch.OutOfMemoryError as exc:
             if device.startswith("cuda"):
@@ -131,7 +133,7 @@ def attack_cell(
 def _attack_batches(
     attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
     robust: torch.Tensor, out: dict, cost: dict, *, eps: float, seed: int, device: str,
-    batch_size: int, train_x: torch.Tensor | None, searches: dict | None,
+    batch_size: int, context: AttackContext | None, searches: dict | None,
 ) -> None:
     """The batches of one attack cell: attack, verify, and fill ``robust``, ``out``, ``cost``."""
     counted = CountingModel(model).eval()
@@ -139,10 +141,8 @@ def _attack_batches(
             frozen(model):
         torch.manual_seed(seed)
         gen = torch.Generator(device=device).manual_seed(seed)
-        if len(idx) and hasattr(attack, "warm_up"):
-            attack.warm_up()  # one-off per process (e.g. numba compilation): not timed
-        if hasattr(attack, "set_reference_points"):
-            attack.set_reference_points(train_x)
+        if len(idx):  # one-off, not timed: compile a solver, calibrate NJS β1, …
+            attack.setup(model, context if context is not None else AttackContext())
         for start in range(0, len(idx), batch_size):
             b = idx[start : start + batch_size]
             if isinstance(attack, MinimumNormAttack) and searches is not None:
@@ -265,6 +265,7 @@ def evaluate_cells(
         clean_correct = clean_pass(model, x, y, dataset.num_classes)
     except Exception as exc:  # noqa: BLE001 - reported as error cells by the caller
         raise StageError("clean pass", exc) from exc
+    context = attack_context(dataset, device)  # shared by the model's cells
     searches: dict[str, dict] = {}  # a minimum-norm attack searches once for all its ε
     for cell in cells:
         key = cell.key(model_sha256, seed)
@@ -278,7 +279,7 @@ def evaluate_cells(
             measured = attack_cell(model, x[:cell.n], y[:cell.n], clean_correct[:cell.n],
                                    attack_name=cell.attack, eps=cell.eps,
                                    seed=cell_seed(seed, model_name, cell.attack, cell.eps),
-                                   device=device, train_x=dataset.train_x,
+                                   device=device, context=context,
                                    searches=searches.setdefault(cell.attack, {}))
             measured["info"].pop("_w", None)
             measured["info"] = finite(measured["info"])
@@ -325,6 +326,7 @@ def model_record(model: nn.Module, name: str, sha: str, card: dict, grid: Grid, 
         clean = int((model(x).argmax(1) == y).sum()) / len(y)
     return ModelRecord(
         suite=grid.suite, dataset=grid.dataset, model=name, model_sha256=sha, clean_acc=clean,
-        n=grid.n, card=card, diagnostics=diagnostics(model, x, y),
+        n=grid.n, card=card,
+        diagnostics=diagnostics(model, x, y, reference_beta1(model, attack_context(data, device))),
         **provenance.stamp(device, with_host=False),
     )

@@ -5,10 +5,11 @@ The protocol of the PGD++ paper's appendix (Fig. 2, after IPROP's paper): the sh
 points whose prediction *flips* under an L∞ perturbation of size ε. Each attack gets the
 model's own clean prediction as its "label", so a success is any change of the predicted
 class — clean mistakes are attacked like any other point (this is not adversarial accuracy).
-Every flip is verified here, independently of the attack: the candidate must be finite,
-inside the ε-ball around the clean input and inside [0, 1] (with the benchmark's float
-tolerance) and predicted differently by the model in eval mode; a candidate that breaks the
-threat model counts as no flip (and is counted in ``rejected``). NJS β1 is calibrated on the
+Every flip is verified by the benchmark's own check (:func:`bench.verify.verify`, with the
+clean prediction as the label), independently of the attack: the candidate must be finite,
+inside the ε-ball around the clean input and inside [0, 1] and predicted differently by the
+model in eval mode; a candidate that breaks the threat model counts as no flip (and is
+counted in ``rejected``). NJS β1 is calibrated on the
 first 101 test images of the model's dataset, as the benchmark runner does.
 
 The exact verifier (``milp-linf``, :mod:`attacks.milp`) adds the optimum where it can: on the
@@ -19,7 +20,7 @@ on the exact flip rate and the points it proved unflippable an upper bound (``pr
 ``undecided`` columns); the plot draws its flips with the undecided share shaded above them.
 
 Run as ``python -m bench.fliprate --models mnist5k-mlp5x100-bnn-waq --n 500 --out DIR`` to
-write ``DIR/fliprate.csv`` and ``DIR/fliprate.png``. Imports only :mod:`zoo` and :mod:`attacks`.
+write ``DIR/fliprate.csv`` and ``DIR/fliprate.png``.
 """
 
 from __future__ import annotations
@@ -34,11 +35,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-import attacks.iprop  # noqa: F401 - registers "iprop" even where attacks/__init__ does not
-import attacks.milp  # noqa: F401 - registers "milp-linf"
 import zoo
 from attacks import attack_spec, create_attack, list_attacks
 from bench.calibrate import calibrate
+from bench.verify import verify
 
 DEFAULT_MODELS = ("mnist5k-mlp5x100-bnn-waq", "mnist5k-mlp3x512-bnn-waq")
 DEFAULT_ATTACKS = ("iprop", "pgd-linf", "pgd-linf-njs", "pgd-linf-hns", "milp-linf")
@@ -48,28 +48,6 @@ MILP_TIME_LIMIT = 2.0
 DEFAULT_EPS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 COLUMNS = ["model", "attack", "eps", "n", "flip_rate", "seconds", "seconds_per_sample",
            "flips", "rejected", "clean_acc", "error", "proved", "undecided"]
-
-#: tolerance of the ε-ball check, ‖δ‖∞ ≤ ε·(1 + REL_TOL) + ABS_TOL, and of the [0, 1] box
-REL_TOL = 1e-5
-ABS_TOL = 1e-6
-BOX_TOL = 1e-6
-
-
-@torch.no_grad()
-def verified_flips(model: torch.nn.Module, x: torch.Tensor, clean_pred: torch.Tensor,
-                   x_adv: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(valid flips, flips that break the threat model), per sample, in eval mode."""
-    model.eval()
-    x_adv = x_adv.detach().to(x.device, x.dtype)
-    flat = x_adv.flatten(1)
-    finite = torch.isfinite(flat).all(1)
-    dist = (x_adv - x).flatten(1).abs().amax(1)
-    in_ball = finite & (dist <= eps * (1 + REL_TOL) + ABS_TOL)
-    in_box = finite & (flat >= -BOX_TOL).all(1) & (flat <= 1 + BOX_TOL).all(1)
-    flipped = finite & (model(torch.nan_to_num(x_adv)).argmax(1) != clean_pred)
-    valid = flipped & in_ball & in_box
-    return valid, flipped & ~valid
-
 
 def flip_rate_sweep(model_names: Sequence[str], attack_names: Sequence[str],
                     eps_list: Sequence[float], n: int = 500, seed: int = 0,
@@ -124,7 +102,9 @@ def flip_rate_sweep(model_names: Sequence[str], attack_names: Sequence[str],
                     rows.append(row)
                     continue
                 seconds = time.perf_counter() - start
-                valid, rejected = verified_flips(model, xs, cs, result.x_adv, float(eps))
+                # a flip is a verified adversarial example against the clean prediction
+                verdict = verify(model, xs, cs, result.x_adv, eps=float(eps), norm="linf")
+                valid, rejected = verdict.success, verdict.misclassified & ~verdict.success
                 row.update(flip_rate=int(valid.sum()) / m, seconds=seconds,
                            seconds_per_sample=seconds / m, flips=int(valid.sum()),
                            rejected=int(rejected.sum()))

@@ -38,7 +38,6 @@ import torch
 
 import results
 from attacks import attack_spec
-from bench.calibrate import calibrate
 from bench.engine import evaluate_cells, resolve_device
 from bench.grid import plan_cells
 from results.bestknown import current_runs
@@ -163,7 +162,6 @@ def recompute(record: CellRecord, device: str) -> CellRecord:
     threads = torch.get_num_threads()
     torch.set_num_threads(record_threads(record))
     try:
-        calibrate(model, data, device)  # NJS β1 on the first 101 test images, as the runner
         cells = plan_cells(data, [(record.attack, [record.eps], record.n)])
         return next(evaluate_cells(
             model, cells, model_name=record.model, model_sha256=record.model_sha256,

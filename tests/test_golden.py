@@ -50,7 +50,7 @@ def compute(model_name: str = MODEL, dataset: str = "digits", cells: list | None
     import zoo
     from attacks import create_attack
     from bench import engine
-    from bench.calibrate import calibrate
+    from bench.calibrate import attack_context
     from bench.grid import cell_seed
     from bench.verify import predict
 
@@ -59,14 +59,13 @@ def compute(model_name: str = MODEL, dataset: str = "digits", cells: list | None
     try:
         model, card = zoo.get_model(model_name, progress=False)
         data = zoo.load_dataset(dataset)
-        calibrate(model, data, "cpu")
         x, y = data.test_subset(n)
         clean = predict(model, x) == y
         out_cells = []
         for attack, eps in CELLS if cells is None else cells:
             out = engine.attack_cell(model, x, y, clean, attack_name=attack, eps=eps,
                                      seed=cell_seed(SEED, model_name, attack, eps),
-                                     device="cpu", train_x=data.train_x)
+                                     device="cpu", context=attack_context(data, "cpu"))
             out_cells.append({"attack": attack, "eps": eps,
                               "config": create_attack(attack).config(),
                               "status": out["status"], "error": out.get("error"),

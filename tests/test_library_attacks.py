@@ -18,6 +18,7 @@ from attacks.base import Attack, AttackResult
 from attacks.library import draw_seed, nearest_training_starts
 from attacks.registry import _ATTACKS, AttackSpec
 from bench import engine
+from bench.calibrate import attack_context
 from bench.verify import distance, verify
 from results.vocabulary import Traits
 
@@ -212,7 +213,7 @@ def test_bba_on_a_graph_cutting_model_is_an_error_cell(batch, digits):
 
     out = engine.attack_cell(GraphCut().eval(), x, y, torch.ones(len(x), dtype=torch.bool),
                              attack_name="bba-linf", eps=0.1, seed=0, device="cpu",
-                             train_x=digits.train_x)
+                             context=attack_context(digits, "cpu"))
     assert out["status"] == "error" and "grad" in out["error"]
 
 

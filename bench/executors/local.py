@@ -12,7 +12,6 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from bench.calibrate import calibrate
 from bench.engine import GateState, StageError, evaluate_cells, model_record, resolve_device
 from bench.executors.base import RunOptions
 from bench.grid import Plan
@@ -87,10 +86,9 @@ class Local:
                                         retrain=run.retrain, progress=run.progress,
                                         data_root=run.data_root,
                                         max_train_steps=run.max_train_steps)
-                sha, stage = card["weights_sha256"], "calibration"
+                sha, stage = card["weights_sha256"], "clean pass"
                 gate = ClaimGate(rec, {c.key(sha, grid.seed): f"{name}.{c.attack}.{sha[:16]}"
                                        for c in cells}, wait=wait, only=only)
-                calibrate(model, data, device)  # NJS β1 on the first 101 test images
                 for _ in evaluate_cells(
                     model, cells, model_name=name, model_sha256=sha, suite=grid.suite,
                     dataset=data, n=grid.n, seed=grid.seed, device=device, gate=gate,

@@ -6,10 +6,10 @@ trains or loads each model once and puts its weights file and card into Ray's ob
 It then sends one task per (model, attack) holding the cells of that attack not yet
 recorded, at all its ε (a minimum-norm attack searches once for all of them, as locally).
 A task is a pure function of its inputs: it rebuilds the network from the zoo by name, checks
-the weights against the card's sha256, calibrates NJS β1 on the first 101 test images, runs
-the cells with the engine (:func:`bench.engine.evaluate_cells`) as locally and returns their
-records. The driver is the only writer of the records, so resume, keys and
-:func:`results.load` are unchanged; a rerun of a killed driver's command resumes it.
+the weights against the card's sha256, runs the cells with the engine
+(:func:`bench.engine.evaluate_cells`) as locally and returns their records. The driver is the
+only writer of the records, so resume, keys and :func:`results.load` are unchanged; a rerun
+of a killed driver's command resumes it.
 
 Faults. Ray reruns a task whose worker died (``max_retries``); a task that raises or is lost
 for good becomes error cells, as locally, and is retried by the next run.
@@ -28,7 +28,6 @@ import torch
 from safetensors.torch import load as load_safetensors
 from torch import nn
 
-from bench.calibrate import calibrate
 from bench.engine import (
     GateState,
     StageError,
@@ -82,7 +81,7 @@ _WORKER_DATA: dict[tuple[str, str | None], Dataset] = {}
 
 
 def unpack(shipped: Shipped, data: Dataset, device: str) -> nn.Module:
-    """The shipped model in eval mode, weights verified and NJS β1 calibrated (cached)."""
+    """The shipped model in eval mode, weights verified (cached per worker)."""
     cached = _WORKER_MODELS.get((shipped.sha256, device))
     if cached is not None:
         return cached
@@ -93,7 +92,6 @@ def unpack(shipped: Shipped, data: Dataset, device: str) -> nn.Module:
     model = model_spec(shipped.name).factory()
     model.load_state_dict(load_safetensors(shipped.blob))
     model = model.to(device).eval()
-    calibrate(model, data, device)  # NJS β1 on the first 101 test images, as locally
     _WORKER_MODELS[(shipped.sha256, device)] = model
     return model
 
