@@ -41,11 +41,10 @@ from attacks import attack_spec
 from bench.engine import evaluate_cells, resolve_device
 from bench.grid import plan_cells
 from results.bestknown import current_runs
-from results.board import traits_from_config
 from results.errors import QBenchError
 from results.schema import CellRecord
 from results.store import latest_cells
-from results.vocabulary import match_names
+from results.vocabulary import family_of, match_names
 from zoo import get_model, load_dataset
 
 #: The fields of a record that are results, hence must be reproduced exactly
@@ -77,7 +76,7 @@ class Outcome:
 
 
 def family(record: CellRecord) -> str:
-    return traits_from_config(record.attack_config)[0]["family"]
+    return family_of(record.attack_config)
 
 
 def sample_cells(cells: list[CellRecord], k: int, seed: int) -> list[CellRecord]:

@@ -10,8 +10,8 @@ numbers. What a board uses:
 * **Attack traits** (family, base attack, scaler, gradients, the models it applies to) are read
   from each cell's recorded ``attack_config["traits"]``. Cells recorded before attacks carried
   traits get them from their recorded configuration (its class and hyperparameters, see
-  :func:`traits_from_config`); such columns are marked ``traits_source = "config"``. Nothing
-  is inferred from an attack's name.
+  :func:`results.vocabulary.traits_from_config`); such columns are marked
+  ``traits_source = "config"``. Nothing is inferred from an attack's name.
 * **Columns** are grouped by family in a fixed order: PGD, its PGD++ NJS and HNS versions and
   the other PGD variants first, then FGSM and its variants, the other gradient attacks
   (APGD, AutoAttack), minimum-norm (DeepFool, Brendel-Bethge), gradient-free (Square) and
@@ -36,7 +36,7 @@ import pandas as pd
 
 from results.bestknown import best_known, current_runs
 from results.exact import Exact, exact_summaries
-from results.vocabulary import BNN_WAQ_MLP, applies
+from results.vocabulary import applies, traits_from_config
 
 FAMILY_LABEL = {"gradient": "gradient", "gradient-temperature": "gradient, temperature (PGD++)",
                 "minimum-norm": "minimum-norm", "gradient-free": "gradient-free",
@@ -48,54 +48,6 @@ _GROUP = {"gradient": 0, "gradient-temperature": 0, "minimum-norm": 1, "gradient
 #: Bases whose columns come first, in this order
 BASE_ORDER = ("pgd-linf", "pgd-l2", "fgsm")
 _SCALER_ORDER = {"njs": 1, "hns": 2, "njs-raw": 3, "fixed": 4}
-
-
-# ------------------------------------------------------------------ traits
-
-
-def traits_from_config(config: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
-    """(traits, source) of a recorded attack configuration.
-
-    ``source`` is ``"recorded"`` when the configuration carries its traits, ``"config"`` when
-    they are read off its class and hyperparameters (cells recorded before traits existed),
-    ``"unknown"`` when neither is possible.
-    """
-    config = config if isinstance(config, dict) else {}
-    if isinstance(config.get("traits"), dict):
-        return dict(config["traits"]), "recorded"
-    cls, norm = config.get("class"), config.get("norm", "linf")
-    base: str | None = None
-    family, scaler, grads, applies = "gradient", "none", True, {}
-    if cls in ("GradientAttack", "FlooredL2PGD"):
-        sc = config.get("scaler")
-        name = sc.get("scaler") if isinstance(sc, dict) else "none"
-        if name == "njs" and sc.get("coords") == "pixel":
-            name = "njs-raw"  # NJS with β1 in pixel coordinates
-        scaler = name if name in _SCALER_ORDER else "none"
-        family = "gradient" if scaler == "none" else "gradient-temperature"
-        base = "fgsm" if config.get("steps") == 1 else f"pgd-{norm}"
-    elif cls == "DeepFool":
-        family, base = "minimum-norm", f"deepfool-{norm}"
-    elif cls == "BrendelBethge":
-        family, base = "minimum-norm", f"bba-{norm}"
-    elif cls == "APGD":
-        base = f"apgd-{config.get('loss', 'ce')}"
-    elif cls == "AutoAttackStandard":
-        base = "autoattack"
-    elif cls == "Square":
-        family, base, grads = "gradient-free", "square", False
-    elif cls in ("IPROP", "FlipSearchLinf"):
-        family, grads = "combinatorial", False
-        base = "iprop" if cls == "IPROP" else "flip-search-linf"
-        applies = dict(BNN_WAQ_MLP)
-    elif cls == "MILPLinf":
-        family, base = "exact", "milp-linf"
-        applies = dict(BNN_WAQ_MLP)
-    if base is None:
-        return {"family": "unknown", "base": str(cls), "scaler": "none",
-                "uses_gradients": True, "applies_to": {}}, "unknown"
-    return {"family": family, "base": base, "scaler": scaler, "uses_gradients": grads,
-            "applies_to": applies}, "config"
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,9 @@ import numpy as np
 import pandas as pd
 
 from results.bestknown import best_known, current_runs
-from results.board import traits_from_config
 from results.optimality import exact_robust
 from results.paired import Paired, paired
+from results.vocabulary import traits_from_config
 
 #: PGD "does not" take a model to about 0: it leaves more than this
 PGD_LEAVES = 0.10

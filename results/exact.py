@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from results.vocabulary import family_of
+
 KEY = ("suite", "model", "norm", "eps")
 
 
@@ -58,17 +60,11 @@ class Exact:
         return self.n - self.unknown
 
 
-def _family(config: Any) -> str | None:
-    from results.board import traits_from_config  # board imports this module
-
-    return traits_from_config(config)[0].get("family")
-
-
 def verdicts_of(cell: Any) -> list[str] | None:
     """The per-point verdicts of a verifier cell, or None for any other cell."""
     info = cell.info if isinstance(cell.info, dict) else {}
     v = info.get("verdicts")
-    if _family(cell.attack_config) != "exact" or not isinstance(v, list):
+    if family_of(cell.attack_config) != "exact" or not isinstance(v, list):
         return None
     return [str(x) for x in v]
 

@@ -24,6 +24,9 @@ records and the site all read the same facts from it:
 * :func:`applies`: whether an attack applies to a model, from the model's card fields
   (``arch``, ``quant``, …): the planner drops the cells where it does not, the boards show
   "n/a" there;
+* :func:`traits_from_config`: the traits of a recorded attack configuration (read off its
+  class and hyperparameters for cells recorded before traits existed), and
+  :func:`family_of` its family;
 * :func:`match_names`: how a user's comma-separated wildcard patterns select registered names.
 """
 
@@ -98,3 +101,53 @@ def match_names(pattern: str, names: list[str], kind: str) -> list[str]:
             raise UnknownNameError(kind, part, names)
         out.extend(h for h in hits if h not in out)
     return out
+
+
+def traits_from_config(config: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
+    """(traits, source) of a recorded attack configuration.
+
+    ``source`` is ``"recorded"`` when the configuration carries its traits, ``"config"`` when
+    they are read off its class and hyperparameters (cells recorded before traits existed),
+    ``"unknown"`` when neither is possible.
+    """
+    config = config if isinstance(config, dict) else {}
+    if isinstance(config.get("traits"), dict):
+        return dict(config["traits"]), "recorded"
+    cls, norm = config.get("class"), config.get("norm", "linf")
+    base: str | None = None
+    family, scaler, grads, applies = "gradient", "none", True, {}
+    if cls in ("GradientAttack", "FlooredL2PGD"):
+        sc = config.get("scaler")
+        name = sc.get("scaler") if isinstance(sc, dict) else "none"
+        if name == "njs" and sc.get("coords") == "pixel":
+            name = "njs-raw"  # NJS with β1 in pixel coordinates
+        scaler = name if name in SCALERS else "none"
+        family = "gradient" if scaler == "none" else "gradient-temperature"
+        base = "fgsm" if config.get("steps") == 1 else f"pgd-{norm}"
+    elif cls == "DeepFool":
+        family, base = "minimum-norm", f"deepfool-{norm}"
+    elif cls == "BrendelBethge":
+        family, base = "minimum-norm", f"bba-{norm}"
+    elif cls == "APGD":
+        base = f"apgd-{config.get('loss', 'ce')}"
+    elif cls == "AutoAttackStandard":
+        base = "autoattack"
+    elif cls == "Square":
+        family, base, grads = "gradient-free", "square", False
+    elif cls in ("IPROP", "FlipSearchLinf"):
+        family, grads = "combinatorial", False
+        base = "iprop" if cls == "IPROP" else "flip-search-linf"
+        applies = dict(BNN_WAQ_MLP)
+    elif cls == "MILPLinf":
+        family, base = "exact", "milp-linf"
+        applies = dict(BNN_WAQ_MLP)
+    if base is None:
+        return {"family": "unknown", "base": str(cls), "scaler": "none",
+                "uses_gradients": True, "applies_to": {}}, "unknown"
+    return {"family": family, "base": base, "scaler": scaler, "uses_gradients": grads,
+            "applies_to": applies}, "config"
+
+
+def family_of(config: dict[str, Any] | None) -> str:
+    """The family of a recorded attack configuration (``unknown`` when it cannot be told)."""
+    return str(traits_from_config(config)[0].get("family", "unknown"))

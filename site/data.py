@@ -24,6 +24,7 @@ from results import claims
 from results.bestknown import best_known, current_runs
 from results.exact import Exact, exact_summaries
 from results.optimality import TOGETHER, optimality
+from results.vocabulary import family_of
 
 # --- thresholds of the warning badges (gradient-masking checks after Athalye et al. 2018, as
 # Gupta & Ajanthan, AAAI 2022, Sec. 6 use them); stated on every page that shows badges ---
@@ -105,9 +106,9 @@ def model_file(model: str) -> str:
 
 
 def attack_kind(name: str, config: dict | None) -> str:
-    """The attack's family, from its recorded traits (:func:`results.board.traits_from_config`;
+    """The attack's family, from its recorded traits (:func:`results.vocabulary.family_of`;
     never from its name)."""
-    return results_board.traits_from_config(config)[0].get("family", "unknown")
+    return family_of(config)
 
 
 KIND_LABEL = results_board.FAMILY_LABEL

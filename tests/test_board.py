@@ -13,7 +13,7 @@ import attacks
 from results import board as rb
 from results.schema import CellRecord, to_dict
 from results.tables import board as table_board
-from results.vocabulary import FAMILIES
+from results.vocabulary import FAMILIES, traits_from_config
 
 
 def test_every_attack_config_carries_version_traits_and_library_versions():
@@ -28,7 +28,7 @@ def test_every_attack_config_carries_version_traits_and_library_versions():
         assert "l2_direction" not in cfg  # one-off fields are replaced by the version
         # the torch-free reader of legacy cells agrees with the registry on every attack
         legacy = {k: v for k, v in cfg.items() if k != "traits"}
-        assert rb.traits_from_config(legacy) == (traits, "config"), name
+        assert traits_from_config(legacy) == (traits, "config"), name
     assert attacks.create_attack("bba-linf").config()["library_versions"] == {
         "foolbox": foolbox.__version__}
     assert set(attacks.create_attack("apgd-ce").config()["library_versions"]) == {"pyautoattack"}
@@ -129,7 +129,7 @@ def test_legacy_cells_without_traits_read_them_from_their_recorded_config():
     col = rb.attack_columns(cells)["pgd-linf-njs"]
     assert (col.family, col.base, col.scaler, col.traits_source, col.version) == (
         "gradient-temperature", "pgd-linf", "njs", "config", None)
-    assert rb.traits_from_config({"class": "Mystery"})[1] == "unknown"
+    assert traits_from_config({"class": "Mystery"})[1] == "unknown"
     assert not math.isnan(table_board(cells, "linf", 0.1, models).loc["waq", "pgd-linf-njs"])
 
 
