@@ -157,12 +157,12 @@ def test_bba_starts_from_its_own_init_else_a_training_point(batch, digits):
         mine = (yt == c) & (model(xt).argmax(1) == yt)
     xc, yc = xt[mine][:6], yt[mine][:6]
     one = attacks.create_attack("bba-linf", steps=100, init_directions=1, init_steps=10)
-    one.set_reference_points(digits.train_x)
+    one.setup(model, attacks.AttackContext(train_x=digits.train_x))
     s, sel, counts = one.starts(model, xc, yc, torch.Generator().manual_seed(0))
     assert counts["starts_from_train"] > 0 and counts["starts_none"] == 0, counts
     with torch.no_grad():
         assert bool((model(s[sel]).argmax(1) != yc[sel]).all())
-    one.set_reference_points(None)  # no training points: those samples have no start
+    one.setup(model, attacks.AttackContext())  # no training points: those samples have no start
     _, sel, counts = one.starts(model, xc, yc, torch.Generator().manual_seed(0))
     assert counts["starts_from_train"] == 0 and counts["starts_none"] > 0
     assert len(sel) == counts["starts_from_init"]

@@ -177,3 +177,40 @@ def test_per_point_lists_span_the_test_set_or_fail_their_cell(monkeypatch, digit
     clean = row.clean_correct
     assert len(row.info["verdicts"]) == 30
     assert [v == "" for v in row.info["verdicts"]] == [not c for c in clean]
+
+
+class SetupProbe(Attack):
+    """A plugin attack that records what its one-off setup got and spends passes there."""
+
+    norm = "linf"
+    uses_gradients = False
+    seen: list = []
+
+    def setup(self, model, context):
+        with torch.no_grad():
+            model(context.reference_x)  # work the engine must not count
+        SetupProbe.seen.append(context)
+
+    def run(self, model, x, y, *, eps, generator):
+        with torch.no_grad():
+            model(x)
+        return AttackResult(x.clone())
+
+
+def test_setup_gets_the_dataset_context_once_per_cell_and_is_not_counted(monkeypatch, digits,
+                                                                        digits_models):
+    monkeypatch.setitem(_ATTACKS, "setup-probe", AttackSpec(
+        "setup-probe", SetupProbe, "linf", "test plugin", {},
+        Traits("gradient-free", "setup-probe", uses_gradients=False)))
+    SetupProbe.seen = []
+    rows = list(evaluate_attacks(
+        digits_models["ref"], model_name="m", model_sha256="0" * 64, suite="t", dataset=digits,
+        attacks=["setup-probe"], eps={"linf": [0.1, 0.2]}, n=30, seed=0, device="cpu"))
+    assert [r.status for r in rows] == ["ok", "ok"]
+    assert len(SetupProbe.seen) == 2  # once per cell, before its first batch
+    first, second = SetupProbe.seen
+    assert first is second  # one context per model: its memo serves every cell
+    assert torch.equal(first.reference_x, digits.test_x[:101])  # NJS's reference images
+    assert first.train_x is digits.train_x and first.std is not None
+    # the run's one forward pass per attacked point is counted, setup's 101 are not
+    assert all(r.forwards_per_sample == 1.0 for r in rows)

@@ -245,3 +245,13 @@ def test_default_suite_runs_every_attack_on_every_model_at_the_headline_eps():
     # the verification-friendly 3x50 belongs to mnist5k-oracle, not to the default suite
     assert sorted(waq) == ["mnist5k-mlp3x512-bnn-waq", "mnist5k-mlp5x100-bnn-waq"]
     assert all(grid.plan("iprop", m) == (suite.eps["linf"], suite.n) for m in waq)
+
+
+def test_the_planner_gives_an_attack_no_cells_on_models_its_traits_exclude():
+    grid = bench.build_grid(suite="custom", dataset="digits", models="digits-mlp5x100-*",
+                            attacks="iprop,fgsm", eps={"linf": [0.1, 0.3]}, n=20)
+    cells = grid.cells()
+    iprop = {m for m, a, _ in cells if a == "iprop"}
+    assert iprop == {"digits-mlp5x100-bnn-waq"}  # BNN-WAQ MLPs only (its traits' applies_to)
+    assert {m for m, a, _ in cells if a == "fgsm"} == set(grid.models)
+    assert grid.plan("iprop", "digits-mlp5x100-ref") == ([], 20)
