@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks import pgdpp
 from attacks.pgdpp import NJS_RHO, hns_beta, logits_and_jacobian, njs_beta
 
 _VARIANTS = ("", "_njs", "_hns")
@@ -41,19 +40,18 @@ def _psi_norm(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def gradient_diagnostics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-                         njs_beta1: float | None = None, chunk: int = 256,
+                         njs_beta1: float, chunk: int = 256,
                          rho: float = NJS_RHO) -> dict[str, float]:
     """Signal-propagation statistics of ``model`` (put in eval mode) at clean points ``x``.
 
-    ``njs_beta1``: the model's NJS β1; by default its calibrated value in the dataset's
-    normalised coordinates (:func:`attacks.pgdpp.calibrated_njs_beta1`, as the ``*-njs``
-    attacks use it).
+    ``njs_beta1``: the model's NJS β1, as the ``*-njs`` attacks use it (in the dataset's
+    normalised coordinates: :func:`attacks.pgdpp.reference_beta1`).
     Also reports ``n_points``, ``n_correct``, ``njs_beta1``, ``njs_beta_mean`` (effective
     β1·β2), ``njs_beta2_share``, ``hns_beta_mean``/``_min``/``_max`` and
     ``hns_fallback_share`` (share of correct points where HNS used β = 1).
     """
     model.eval()
-    beta1 = float(njs_beta1) if njs_beta1 is not None else pgdpp.calibrated_njs_beta1(model)
+    beta1 = float(njs_beta1)
     parts: dict[str, list[torch.Tensor]] = {}
 
     def add(key: str, value: torch.Tensor) -> None:

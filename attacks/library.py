@@ -259,12 +259,11 @@ def nearest_training_starts(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     class other than the sample's label: adversarial for the sample by construction.
 
     Returns (starts, found); ``found`` is False where no training point qualifies. The caller
-    should still verify the starts (:class:`StartingPointAttack` does).
+    should still verify the starts (:meth:`BrendelBethge.starts` does).
     """
     train_x = train_x.to(x.device, x.dtype)
     if train_pred is None:
-        train_pred = torch.cat([model(train_x[i : i + 1000]).argmax(1)
-                                for i in range(0, len(train_x), 1000)])
+        train_pred = predict_all(model, train_x, x.device)
     train_pred = train_pred.to(x.device)
     flat_train = train_x.flatten(1)
     p = float("inf") if norm == "linf" else 2.0

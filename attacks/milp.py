@@ -65,7 +65,7 @@ VERDICTS = ("robust", "broken", "unknown")
 
 
 @dataclass
-class Verdict:
+class PointVerdict:
     """The verifier's answer for one point at one ε."""
 
     status: str  # robust | broken | unknown
@@ -158,7 +158,7 @@ class BNNVerifier:
 
     # -- the decision ----------------------------------------------------------------------
     def verify(self, x0: torch.Tensor, y: int, eps: float, *, method: str = "auto",
-               write_model: str | None = None) -> Verdict:
+               write_model: str | None = None) -> PointVerdict:
         """Decide one point: is every x′ with ‖x′ − x0‖∞ ≤ ε in [0, 1] classified as ``y``?
 
         ``method``: ``auto`` (the pattern search, or the MILP where k exceeds
@@ -174,7 +174,7 @@ class BNNVerifier:
         tol = self.tol
         fixed = np.where(tol <= L, 1, np.where(-tol >= U, -1, 0)).astype(np.int8)
         free = np.flatnonzero(fixed == 0)
-        v = Verdict("unknown", unstable=len(free))
+        v = PointVerdict("unknown", unstable=len(free))
         reach = Reach(self.a1[free], self.c1[free], lo, hi, L[free], U[free],
                       x.double().numpy(), tol, pairs=True)
         deadline = t0 + self.time_limit
@@ -203,7 +203,7 @@ class BNNVerifier:
             pred = int(self.model(xt.to(p.device)).argmax(1).item())
         return xt[0] if pred != y else None
 
-    def _search(self, v: Verdict, reach: Reach, fixed: np.ndarray, free: np.ndarray, y: int,
+    def _search(self, v: PointVerdict, reach: Reach, fixed: np.ndarray, free: np.ndarray, y: int,
                 box: tuple[torch.Tensor, torch.Tensor], deadline: float) -> None:
         """Depth-first over the signs of the unstable first-layer units that are not leaf units
         (each partial pattern checked for reachability), then all completions of the leaf
@@ -267,7 +267,7 @@ class BNNVerifier:
         else:
             v.status = "robust"
 
-    def _milp(self, v: Verdict, reach: Reach, L: np.ndarray, U: np.ndarray,
+    def _milp(self, v: PointVerdict, reach: Reach, L: np.ndarray, U: np.ndarray,
               fixed: np.ndarray, free: np.ndarray, y: int,
               box: tuple[torch.Tensor, torch.Tensor], deadline: float,
               write_model: str | None = None) -> None:
@@ -477,4 +477,4 @@ register_attack(
 )
 
 
-__all__ = ["VERDICTS", "BNNVerifier", "MILPLinf", "Verdict"]
+__all__ = ["VERDICTS", "BNNVerifier", "MILPLinf", "PointVerdict"]

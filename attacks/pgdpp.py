@@ -6,7 +6,8 @@ the gradient of binarized networks. Two ways of choosing β, both :class:`LogitS
 into :class:`attacks.gradient.GradientAttack`:
 
 * :class:`NJSScaler` (Network Jacobian Scaling): β1 = 1 / mean singular value of the
-  input-output Jacobian, once per model (:func:`njs_beta1`, cached per model object), times a
+  input-output Jacobian, once per model (:func:`njs_beta1` on the dataset's first 101 test
+  images, which :meth:`NJSScaler.setup` takes from its context), times a
   per-sample, per-step β2 = c(ρ)/γ when the true class is already too confident. The Jacobian
   is taken, as in the authors' code, with respect to the *normalised* input u = (x − μ)/σ that
   their networks read (μ, σ the dataset's per-channel normalisation, e.g. 0.1307 and 0.3081
@@ -26,7 +27,6 @@ a 5-restart PGD.
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -160,65 +160,19 @@ def channel_scale(std: Sequence[float], x: torch.Tensor) -> torch.Tensor:
 #: dataset's normalisation, as the reference code does) or ``pixel`` (with respect to x ∈ [0, 1])
 NJS_COORDS = ("normalised", "pixel")
 
-_NJS_BETA1: weakref.WeakKeyDictionary[nn.Module, dict[str, float]] = \
-    weakref.WeakKeyDictionary()
-
-
-def njs_beta1(model: nn.Module, x_ref: torch.Tensor | None = None, *,
-              std: Sequence[float] | None = None, n_ref: int = NJS_N_REF,
-              recompute: bool = False) -> float:
+def njs_beta1(model: nn.Module, x_ref: torch.Tensor, *, std: Sequence[float] | None = None,
+              n_ref: int = NJS_N_REF) -> float:
     """NJS β1 of ``model``: 1 / mean of all Jacobian singular values over ``x_ref[:n_ref]``.
 
     ``std`` (one σ per input channel, the dataset's normalisation) gives β1 in ``normalised``
-    coordinates, the reference's; without it, in ``pixel`` coordinates. Computed once per
-    model object and coordinates and cached (weakly keyed by the model; a wrapper whose only
-    child is a cached model reuses its value): later calls return the cached value whatever
-    ``x_ref`` they pass, unless ``recompute``. Call it with the first 101 test images before
-    attacking to pin the paper's calibration (``bench.calibrate`` does, in both coordinates);
-    otherwise the first pixel-coordinate NJS attack on the model calibrates on its own batch
-    (see :class:`NJSScaler`). A model whose Jacobian vanishes everywhere gets β1 = 1 (no
-    gradient to restore). Retraining a model in place does not invalidate the cache: pass
-    ``recompute=True`` then.
+    coordinates, the reference's; without it, in ``pixel`` coordinates. The paper's
+    calibration uses the first 101 test images (:func:`reference_beta1`). A model whose
+    Jacobian vanishes everywhere gets β1 = 1 (no gradient to restore).
     """
-    coords = "pixel" if std is None else "normalised"
-    cached = None if recompute else cached_njs_beta1(model, coords)
-    if cached is not None:
-        return cached
-    if x_ref is None or len(x_ref) == 0:
-        raise ValueError(f"NJS β1 of this model is not cached yet: pass reference inputs "
-                         f"(the first {n_ref} test images)")
+    if len(x_ref) == 0:
+        raise ValueError(f"NJS β1 needs reference inputs (the first {n_ref} test images)")
     mean_sv = float(jacobian_singular_values(model, x_ref[:n_ref], std).double().mean())
-    beta1 = 1.0 / mean_sv if math.isfinite(mean_sv) and mean_sv > 0 else 1.0
-    _NJS_BETA1.setdefault(model, {})[coords] = beta1
-    return beta1
-
-
-def cached_njs_beta1(model: nn.Module, coords: str = "normalised") -> float | None:
-    """The cached NJS β1 of ``model`` in ``coords`` (see :data:`NJS_COORDS`), or None.
-
-    Transparent wrappers share their model's β1: when ``model`` itself is not cached, its
-    chain of only children is searched (e.g. the runner's ``CountingModel(model)``).
-    """
-    module: nn.Module | None = model
-    while module is not None:
-        if coords in _NJS_BETA1.get(module, {}):
-            return _NJS_BETA1[module][coords]
-        children = list(module.children())
-        module = children[0] if len(children) == 1 else None
-    return None
-
-
-def calibrated_njs_beta1(model: nn.Module) -> float:
-    """The model's cached normalised-coordinate NJS β1; a ValueError that says how to
-    calibrate it when there is none (it needs the dataset's σ, which a model does not know)."""
-    beta1 = cached_njs_beta1(model, "normalised")
-    if beta1 is None:
-        raise ValueError(
-            "NJS β1 in normalised coordinates is not calibrated for this model: call "
-            "attacks.pgdpp.njs_beta1(model, x_ref, std=...) with the first 101 test images and "
-            "the dataset's per-channel σ first (bench.calibrate.calibrate does it for zoo "
-            "datasets), or use coords='pixel' (the *-njs-raw attacks)")
-    return beta1
+    return 1.0 / mean_sv if math.isfinite(mean_sv) and mean_sv > 0 else 1.0
 
 
 def reference_beta1(model: nn.Module, context: AttackContext, coords: str = "normalised"
@@ -230,7 +184,7 @@ def reference_beta1(model: nn.Module, context: AttackContext, coords: str = "nor
         return None
     std = context.std if coords == "normalised" else None
     return context.remember(("njs-beta1", coords), lambda: njs_beta1(
-        model, context.reference_x, std=std, recompute=True))
+        model, context.reference_x, std=std))
 
 
 def njs_beta(logits: torch.Tensor, y: torch.Tensor, beta1: float,
@@ -256,10 +210,10 @@ class NJSScaler(LogitScaler):
     """Network Jacobian Scaling: β1 per model, times β2 per sample and step when saturated.
 
     β1 is ``beta1`` when given, else the model's β1 on the reference images of the context
-    :meth:`setup` received (:func:`reference_beta1`: the benchmark's way), else its cached
-    :func:`njs_beta1` in ``coords``. In pixel coordinates an uncalibrated model is calibrated on
-    the first ≤ 101 points of the batch being attacked, at their random starts; normalised
-    coordinates need the dataset's σ, so such a model must be calibrated first.
+    :meth:`setup` received (:func:`reference_beta1`: the benchmark sets every attack up so).
+    Without either, in pixel coordinates each batch is calibrated on its own first ≤ 101
+    points, at their random starts; normalised coordinates need the dataset's σ, so such an
+    attack must be set up first.
     """
 
     name = "njs"
@@ -288,7 +242,12 @@ class NJSScaler(LogitScaler):
         if beta1 is None and self.coords == "pixel":
             beta1 = njs_beta1(model, x, n_ref=self.n_ref)
         elif beta1 is None:
-            beta1 = calibrated_njs_beta1(model)
+            raise ValueError(
+                "NJS β1 in normalised coordinates needs the dataset's reference images and σ: "
+                "set the attack up first, attack.setup(model, AttackContext(reference_x=the "
+                "first 101 test images, std=the per-channel σ)) (the benchmark does it; "
+                "bench.calibrate.attack_context builds it for zoo datasets), or use "
+                "coords='pixel' (the *-njs-raw attacks)")
         return {"beta1": beta1, "betas": []}
 
     def factor(self, logits: torch.Tensor, y: torch.Tensor, state: dict[str, Any]

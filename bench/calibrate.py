@@ -5,8 +5,6 @@
   independently of which test points a cell attacks, in the coordinates of its variant: the
   dataset's normalised ones (the ``*-njs`` attacks, as the authors' code) or [0, 1] pixels
   (``*-njs-raw``); Brendel-Bethge takes its fallback starts from the training inputs.
-* :func:`calibrate` pins NJS β1 of a model for code that calls attacks directly, without
-  :meth:`~attacks.base.Attack.setup` (tests, benchmarks).
 * Gradient-masking diagnostics (Athalye et al. 2018; the paper's Table 13) are computed on a
   suite's test points and stored in its model record; values that are undefined (no
   correctly classified point) become None.
@@ -21,7 +19,7 @@ from torch import nn
 
 from attacks.base import AttackContext
 from attacks.diagnostics import gradient_diagnostics
-from attacks.pgdpp import NJS_N_REF, njs_beta1
+from attacks.pgdpp import NJS_N_REF
 from zoo import Dataset
 from zoo.data import dataset_info
 
@@ -36,18 +34,10 @@ def attack_context(data: Dataset, device: str) -> AttackContext:
                          std=tuple(dataset_info(data.name).std), train_x=data.train_x)
 
 
-def calibrate(model: nn.Module, data: Dataset, device: str) -> float:
-    """Pin the model's NJS β1 on the dataset's first 101 test images, in normalised and in
-    pixel coordinates; returns the normalised one (the reference's)."""
-    x_ref = data.test_x[:NJS_N_REF].to(device)
-    njs_beta1(model, x_ref, recompute=True)
-    return njs_beta1(model, x_ref, std=dataset_info(data.name).std, recompute=True)
-
-
 def diagnostics(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                njs_beta1: float | None = None) -> dict[str, float | None]:
+                njs_beta1: float) -> dict[str, float | None]:
     """JSON-ready gradient diagnostics of the model at clean points (NaN → None), with the
-    model's NJS β1 (default: its calibrated one, see :func:`calibrate`)."""
+    model's NJS β1 (:func:`attacks.pgdpp.reference_beta1`)."""
     raw = gradient_diagnostics(model, x, y, njs_beta1=njs_beta1)
     out = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in raw.items()}
     return {**out, "version": DIAGNOSTICS_VERSION}

@@ -294,7 +294,7 @@ def cmd_board(args: argparse.Namespace) -> int:
     from results import load, load_models
     from results.errors import QBenchError
     from results.store import check_records_folder
-    from results.tables import attack_costs, board, to_markdown
+    from results.tables import attack_costs, board_frame, to_markdown
     from results.vocabulary import match_names
 
     suite = args.suite or DEFAULT_SUITE
@@ -309,7 +309,7 @@ def cmd_board(args: argparse.Namespace) -> int:
     norm = args.norm
     eps = one_eps(args.eps if args.eps is not None else "0.1" if norm == "linf" else "1.5",
                   norm)
-    table = board(cells, norm, eps, load_models(suite, root=args.results))
+    table = board_frame(cells, norm, eps, load_models(suite, root=args.results))
     if table.empty:
         have = sorted({(r.norm, float(r.eps)) for r in cells.itertuples()})
         raise QBenchError(f"suite {suite!r} has no cells at {norm} ε={eps:g}; recorded: "

@@ -9,8 +9,8 @@ Every flip is verified by the benchmark's own check (:func:`bench.verify.verify`
 clean prediction as the label), independently of the attack: the candidate must be finite,
 inside the ε-ball around the clean input and inside [0, 1] and predicted differently by the
 model in eval mode; a candidate that breaks the threat model counts as no flip (and is
-counted in ``rejected``). NJS β1 is calibrated on the
-first 101 test images of the model's dataset, as the benchmark runner does.
+counted in ``rejected``). Every attack is set up as the benchmark's engine sets it up (NJS
+β1 on the first 101 test images of the model's dataset).
 
 The exact verifier (``milp-linf``, :mod:`attacks.milp`) adds the optimum where it can: on the
 first ``milp_n`` points, with a short per-point time limit and its pattern search only (the
@@ -37,7 +37,7 @@ import torch
 
 import zoo
 from attacks import attack_spec, create_attack, list_attacks
-from bench.calibrate import calibrate
+from bench.calibrate import attack_context
 from bench.verify import verify
 
 DEFAULT_MODELS = ("mnist5k-mlp5x100-bnn-waq", "mnist5k-mlp3x512-bnn-waq")
@@ -75,7 +75,7 @@ def flip_rate_sweep(model_names: Sequence[str], attack_names: Sequence[str],
         model, _ = zoo.get_model(model_name, device=device, progress=progress)
         dataset = zoo.model_spec(model_name).dataset
         data = zoo.load_dataset(dataset)
-        calibrate(model, data, device)  # NJS β1 on the first 101 test images, as the runner
+        context = attack_context(data, device)  # what the runner sets attacks up with
         x, y = data.test_subset(n)
         x, y = x.to(device), y.to(device)
         with torch.no_grad():
@@ -87,6 +87,7 @@ def flip_rate_sweep(model_names: Sequence[str], attack_names: Sequence[str],
                 attack = (create_attack(attack_name, time_limit=milp_time_limit,
                                         use_milp=False) if exact
                           else create_attack(attack_name))
+                attack.setup(model, context)  # e.g. NJS β1 on the first 101 test images
                 m = min(milp_n, n) if exact else n
                 xs, cs = x[:m], clean[:m]
                 gen = torch.Generator(device=device).manual_seed(seed)

@@ -42,8 +42,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attacks import create_attack  # noqa: E402
-from attacks.pgdpp import njs_beta1  # noqa: E402
+from attacks import AttackContext, create_attack  # noqa: E402
 from benchmarks.peers import floor  # noqa: E402
 from zoo.cifar import resnet18  # noqa: E402
 from zoo.data import dataset_info  # noqa: E402
@@ -83,10 +82,11 @@ def attacks_for(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
                 ) -> dict[str, Callable[[], object]]:
     out: dict[str, Callable[[], object]] = {"floor": partial(floor, model, x, y, steps)}
     # per model, once: not part of an attack's time (CIFAR-10-shaped inputs)
-    njs_beta1(model, x[:101], std=dataset_info("cifar10").std, recompute=True)
+    context = AttackContext(reference_x=x[:101], std=tuple(dataset_info("cifar10").std))
     for name in ATTACKS:
         for early_stop, row in ((True, name), (False, f"{name}-all-steps")):
             attack = create_attack(name, early_stop=early_stop)
+            attack.setup(model, context)
             if steps != attack.steps:  # smoke runs only; the registered attacks take 20 steps
                 attack.steps = steps
             gen = torch.Generator(device=x.device).manual_seed(0)

@@ -21,7 +21,7 @@ import torch
 import zoo
 from attacks import create_attack
 from attacks.milp import BNNVerifier
-from bench.calibrate import calibrate
+from bench.calibrate import attack_context
 
 
 def scip_solve(path: Path, time_limit: float) -> tuple[str, float, int]:
@@ -55,14 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     model, _ = zoo.get_model(args.model, progress=False)
     data = zoo.load_dataset(zoo.model_spec(args.model).dataset)
-    calibrate(model, data, "cpu")
+    context = attack_context(data, "cpu")  # as the engine sets attacks up
     x, y = data.test_subset(200)
     with torch.no_grad():
         standing = model(x).argmax(1) == y
     gen = torch.Generator().manual_seed(0)
     for name in ("pgd-linf-njs", "pgd-linf-hns"):
         idx = standing.nonzero().squeeze(1)
-        adv = create_attack(name)(model, x[idx], y[idx], eps=args.eps, generator=gen).x_adv
+        attack = create_attack(name)
+        attack.setup(model, context)
+        adv = attack(model, x[idx], y[idx], eps=args.eps, generator=gen).x_adv
         with torch.no_grad():
             standing[idx[model(adv).argmax(1) != y[idx]]] = False
     points = standing.nonzero().squeeze(1)[: args.points].tolist()

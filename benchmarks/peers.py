@@ -85,21 +85,21 @@ def runs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = EPS
          names: tuple[str, ...] = ("floor", *OURS, *ALL_STEPS, *PEERS)
          ) -> dict[str, Callable[[], object]]:
     """One zero-argument callable per name (names whose library is missing are left out)."""
-    from attacks import create_attack
-    from attacks.pgdpp import njs_beta1
+    from attacks import AttackContext, create_attack
     from zoo.data import dataset_info
 
+    # what the engine sets attacks up with, once per model and outside the timing: NJS β1 on
+    # the first 101 points (the suites' MNIST inputs)
+    context = AttackContext(reference_x=x[:101], std=tuple(dataset_info("mnist5k").std))
     out: dict[str, Callable[[], object]] = {}
     for name in names:
         if name == "floor":
             out[name] = partial(floor, model, x, y)
         elif name in OURS or name in ALL_STEPS:
-            if name.startswith("pgd-njs"):
-                # per model, once: not part of an attack's time (the suites' MNIST inputs)
-                njs_beta1(model, x[:101], std=dataset_info("mnist5k").std)
             ours = name.removesuffix("-all")
             attack = create_attack(ours.replace("pgd", "pgd-linf", 1),
                                    early_stop=name == ours)
+            attack.setup(model, context)
             gen = torch.Generator().manual_seed(0)
             out[name] = partial(attack, model, x, y, eps=eps, generator=gen)
         elif name == "foolbox":

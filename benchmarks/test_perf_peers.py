@@ -97,17 +97,17 @@ def test_ratios(arch, ratio_tables):
 def test_early_stopping_keeps_the_verdicts(arch):
     """Early stopping is only allowed to save time: the same candidates, bit for bit, as the
     same attack run on every point for every step (hence the same robust-accuracy verdicts)."""
-    from attacks import create_attack
-    from attacks.pgdpp import njs_beta1
+    from attacks import AttackContext, create_attack
     from zoo.data import dataset_info
     from zoo.layers import frozen
 
     model, x, y = peers.load(arch)
-    njs_beta1(model, x[:101], std=dataset_info("mnist5k").std)  # as for the timings
+    context = AttackContext(reference_x=x[:101], std=tuple(dataset_info("mnist5k").std))
     for name in ("pgd-linf", "pgd-linf-njs", "pgd-linf-hns"):
         out = []
         for early_stop in (True, False):
             attack = create_attack(name, early_stop=early_stop)
+            attack.setup(model, context)  # as for the timings
             with frozen(model):
                 out.append(attack(model, x, y, eps=peers.EPS,
                                   generator=torch.Generator().manual_seed(0)).x_adv)

@@ -241,7 +241,7 @@ def latest_models_in(path: Path) -> dict[str, ModelRecord]:
     return {r.model: r for r in read(path, ModelRecord)}
 
 
-class Claim:
+class ClaimLock:
     """A cell this process is computing: an exclusive ``flock`` on its claim file."""
 
     def __init__(self, path: Path, fd: int) -> None:
@@ -311,7 +311,7 @@ class CellLog:
             self.refresh()
         return True
 
-    def claim(self, key: str, *, wait: bool) -> Claim | None:
+    def claim(self, key: str, *, wait: bool) -> ClaimLock | None:
         """Claim a cell; None when another live process holds it (and ``wait`` is False).
 
         With ``wait`` the call blocks until the holder releases the claim or dies.
@@ -333,7 +333,7 @@ class CellLog:
             if same:
                 os.ftruncate(fd, 0)
                 os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
-                return Claim(path, fd)
+                return ClaimLock(path, fd)
             os.close(fd)
 
 

@@ -12,7 +12,7 @@ from results import board as results_board
 from results.bestknown import current_runs
 
 
-def board(cells: pd.DataFrame, norm: str, eps: float,
+def board_frame(cells: pd.DataFrame, norm: str, eps: float,
           models: pd.DataFrame | None = None) -> pd.DataFrame:
     """:func:`results.board.board` as a DataFrame, one row per model at (norm, ε): clean and
     robust accuracy per attack (fractions; NaN where the attack did not run, "error" where it

@@ -28,3 +28,14 @@ def evaluate_attacks(model, *, dataset, attacks: list[str], eps: dict[str, list[
 
     cells = plan_cells(dataset, [(a, eps.get(attack_spec(a).norm, []), n) for a in attacks])
     return evaluate_cells(model, cells, dataset=dataset, n=n, **kw)
+
+
+def set_up(name: str, model, dataset, **overrides):
+    """A registered attack set up on ``model`` as the engine sets it up (NJS β1 on the
+    dataset's first 101 test images, …): ready to be called directly."""
+    from attacks import create_attack
+    from bench.calibrate import attack_context
+
+    attack = create_attack(name, **overrides)
+    attack.setup(model, attack_context(dataset, "cpu"))
+    return attack

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 import torch
+from factories import set_up
 
 import zoo
-from attacks import create_attack
 from attacks import pgdpp as pp
 from attacks.gradient import (
     GradientAttack,
@@ -27,7 +27,6 @@ from attacks.gradient import (
     random_start,
     step_into,
 )
-from bench.calibrate import calibrate
 from zoo.convnets import VGGNet
 from zoo.models import MLP
 
@@ -123,8 +122,7 @@ def test_attack_loop_is_the_textbook_loop_bit_for_bit(name, eps, early_stop):
     model, _ = zoo.get_model("digits-mlp5x100-bnn-waq", progress=False)
     model.eval()
     x, y = zoo.load_dataset("digits").test_subset(48)  # above MIN_ROWS: the batch shrinks
-    calibrate(model, zoo.load_dataset("digits"), "cpu")
-    attack = create_attack(name, early_stop=early_stop)
+    attack = set_up(name, model, zoo.load_dataset("digits"), early_stop=early_stop)
     result = attack(model, x, y, eps=eps, generator=torch.Generator().manual_seed(5))
     expected, info = _textbook(attack, model, x, y, eps, torch.Generator().manual_seed(5))
     assert torch.equal(result.x_adv, expected)
@@ -198,8 +196,8 @@ def test_passes_per_point(name, passes):
     model, _ = zoo.get_model("digits-mlp5x100-bnn-waq", progress=False)
     x, y = zoo.load_dataset("digits").test_subset(16)
     counted = CountingModel(model).eval()
-    calibrate(model, zoo.load_dataset("digits"), "cpu")
-    create_attack(name)(counted, x, y, eps=0.1, generator=torch.Generator().manual_seed(0))
+    attack = set_up(name, model, zoo.load_dataset("digits"))
+    attack(counted, x, y, eps=0.1, generator=torch.Generator().manual_seed(0))
     assert (counted.forwards / len(x), counted.backwards / len(x)) == passes
 
 
@@ -225,12 +223,11 @@ def test_early_stopping_saves_passes_and_keeps_every_candidate(name, eps):
 
     model, _ = zoo.get_model("mnist5k-mlp3x512-bnn-waq", progress=False)
     data = zoo.load_dataset("mnist5k")
-    calibrate(model, data, "cpu")
     x, y = data.test_subset(128)
     out, passes = {}, {}
     for early_stop in (True, False):
         counted = CountingModel(model.eval())
-        attack = create_attack(name, early_stop=early_stop)
+        attack = set_up(name, model, data, early_stop=early_stop)
         result = attack(counted, x, y, eps=eps, generator=torch.Generator().manual_seed(1))
         out[early_stop], passes[early_stop] = result, (counted.forwards, counted.backwards)
     assert torch.equal(out[True].x_adv, out[False].x_adv)

@@ -12,7 +12,7 @@ from leaderboard import plots
 import attacks
 from results import board as rb
 from results.schema import CellRecord, to_dict
-from results.tables import board as table_board
+from results.tables import board_frame as table_board
 from results.vocabulary import FAMILIES, traits_from_config
 
 

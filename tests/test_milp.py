@@ -161,12 +161,12 @@ def test_milp_cell_through_the_runner(waq_batch, digits):
     ("" for clean mistakes), robust = proved + unknown, and no other attack of the same
     points breaks a point it proved robust."""
     from bench import engine
-    from bench.calibrate import calibrate
+    from bench.calibrate import attack_context
 
     model, x, y, clean = waq_batch
-    calibrate(model, digits, "cpu")  # NJS (a presolve attack) needs its β1, as in a run
+    context = attack_context(digits, "cpu")  # NJS (a presolve attack) needs its β1, as in a run
     out = engine.attack_cell(model, x, y, clean, attack_name="milp-linf", eps=0.02, seed=0,
-                             device="cpu")
+                             device="cpu", context=context)
     assert out["status"] == "ok", out["error"]
     info, verdicts = out["info"], out["info"]["verdicts"]
     assert len(verdicts) == len(x)
@@ -176,6 +176,6 @@ def test_milp_cell_through_the_runner(waq_batch, digits):
     assert out["rejected"] == 0
     for other in ("pgd-linf-njs", "apgd-ce", "fgsm"):
         cell = engine.attack_cell(model, x, y, clean, attack_name=other, eps=0.02, seed=0,
-                                  device="cpu")
+                                  device="cpu", context=context)
         for v, r in zip(verdicts, cell["robust"], strict=True):
             assert not (v == "robust" and r == 0), other

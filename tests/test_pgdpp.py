@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from factories import set_up
 
 import zoo
-from attacks import attack_spec, create_attack
+from attacks import AttackContext, attack_spec
 from attacks import pgdpp as pp
 from attacks.diagnostics import gradient_diagnostics
 from attacks.gradient import FixedTemperature
-from bench.calibrate import calibrate
+from bench.calibrate import attack_context
 from zoo.models import MLP
 
 PP_ATTACKS = [
@@ -27,7 +27,6 @@ PP_ATTACKS = [
 @pytest.fixture(scope="module")
 def digits_bnn():
     model, _ = zoo.get_model("digits-mlp5x100-bnn-waq", progress=False)
-    calibrate(model, zoo.load_dataset("digits"), "cpu")
     x, y = zoo.load_dataset("digits").test_subset(64)
     return model, x, y
 
@@ -36,7 +35,6 @@ def digits_bnn():
 def masked_bnn():
     """A BNN-WQ whose float32 gradients vanish: plain PGD L∞ 0.1 leaves ~85% robust."""
     model, _ = zoo.get_model("mnist5k-mlp3x512-bnn-wq", progress=False)
-    calibrate(model, zoo.load_dataset("mnist5k"), "cpu")
     x, y = zoo.load_dataset("mnist5k").test_subset(200)
     return model, x, y
 
@@ -144,7 +142,6 @@ def test_hns_picks_the_argmax_of_the_explicit_hessian_norm():
 
 def test_njs_beta1_is_one_over_mean_singular_value(digits_bnn):
     model, x, _ = digits_bnn
-    model = copy.deepcopy(model)  # a fresh cache entry
     xs = x[:12]
     svs = []
     for xi in xs:
@@ -153,36 +150,39 @@ def test_njs_beta1_is_one_over_mean_singular_value(digits_bnn):
                               rtol=1e-5, atol=1e-6)
         svs.append(torch.linalg.svdvals(jac.reshape(10, -1)))
     expected = 1.0 / float(torch.cat(svs).double().mean())
-    assert pp.cached_njs_beta1(model, "pixel") is None
     assert pp.njs_beta1(model, x, n_ref=12) == pytest.approx(expected, rel=1e-5)
-    # cached per model: other reference points do not change it, recompute does
-    assert pp.njs_beta1(model, x[30:]) == pp.njs_beta1(model, x, n_ref=12)
-    raw = pp.NJSScaler(coords="pixel")
-    assert raw.prepare(model, x[40:], None)["beta1"] == pp.cached_njs_beta1(model, "pixel")
-    assert pp.njs_beta1(model, x[30:], recompute=True) != pytest.approx(expected, rel=1e-5)
+    assert pp.njs_beta1(model, x[30:]) != pytest.approx(expected, rel=1e-5)  # other points
+    # an attack that was not set up calibrates each batch on its own points (pixel coords)
+    raw = pp.NJSScaler(coords="pixel", n_ref=12)
+    assert raw.prepare(model, x, None)["beta1"] == pytest.approx(expected, rel=1e-5)
     assert pp.NJSScaler(beta1=0.25).prepare(model, x, None)["beta1"] == 0.25
-    wrapper = torch.nn.Sequential(model)  # a transparent wrapper shares the model's β1
-    assert pp.cached_njs_beta1(wrapper, "pixel") == pp.cached_njs_beta1(model, "pixel")
-    assert pp.cached_njs_beta1(torch.nn.Sequential(model, torch.nn.Identity()), "pixel") is None
+    # set up: the context's reference images, computed once per context and kept
+    context = AttackContext(reference_x=x[:12])
+    raw.setup(model, context)
+    assert raw.prepare(model, x[40:], None)["beta1"] == pytest.approx(expected, rel=1e-5)
+    assert context.memo[("njs-beta1", "pixel")] == raw.prepare(model, x, None)["beta1"]
 
 
 def test_njs_beta1_in_normalised_coordinates_is_the_references(digits_bnn):
     """The authors' networks read u = (x − μ)/σ, so their Jacobian is σ·∂f/∂x and their β1 is
-    1/σ times the pixel-coordinate one; the normalised β1 is cached beside the pixel one."""
+    1/σ times the pixel-coordinate one; an attack takes it from the context it was set up
+    with, beside the pixel one."""
     model, x, _ = digits_bnn
-    model = copy.deepcopy(model)
-    with pytest.raises(ValueError, match="not calibrated.*std=.*njs-raw"):
+    with pytest.raises(ValueError, match="set the attack up first.*njs-raw"):
         pp.NJSScaler().prepare(model, x, None)  # the dataset's σ is not the model's to know
     pixel = pp.njs_beta1(model, x[:50])
     sigma = 0.3081
     normalised = pp.njs_beta1(model, x[:50], std=(sigma,))
     assert normalised == pytest.approx(pixel / sigma, rel=1e-5)
-    assert pp.cached_njs_beta1(model) == normalised
-    assert pp.cached_njs_beta1(model, "pixel") == pixel
-    assert pp.NJSScaler().prepare(model, x, None)["beta1"] == normalised
-    assert pp.NJSScaler(coords="pixel").prepare(model, x, None)["beta1"] == pixel
+    context = AttackContext(reference_x=x[:50], std=(sigma,))
+    scalers = pp.NJSScaler(), pp.NJSScaler(coords="pixel")
+    for scaler in scalers:
+        scaler.setup(model, context)
+    assert scalers[0].prepare(model, x, None)["beta1"] == normalised
+    assert scalers[1].prepare(model, x, None)["beta1"] == pixel
+    assert pp.reference_beta1(model, AttackContext(reference_x=x[:50])) is None  # no σ
     with pytest.raises(ValueError, match="one positive σ per input channel"):
-        pp.njs_beta1(model, x, std=(0.3, 0.3), recompute=True)
+        pp.njs_beta1(model, x, std=(0.3, 0.3))
 
 
 def test_njs_scales_each_channels_columns_by_its_sigma():
@@ -229,7 +229,7 @@ def test_jacobian_fallback_without_batched_gradients(digits_bnn, monkeypatch):
 @pytest.mark.parametrize("name", PP_ATTACKS)
 def test_attacks_stay_in_the_ball_and_box(digits_bnn, name):
     model, x, y = digits_bnn
-    attack = create_attack(name)
+    attack = set_up(name, model, zoo.load_dataset("digits"))
     eps = 1.0 if attack.norm == "l2" else 0.1
     result = attack(model, x, y, eps=eps)
     delta = (result.x_adv - x).flatten(1)
@@ -270,7 +270,7 @@ def test_pgdpp_breaks_gradient_masking(masked_bnn):
     eps = 0.1
 
     def robust(name: str) -> float:
-        x_adv = create_attack(name)(model, x, y, eps=eps).x_adv
+        x_adv = set_up(name, model, zoo.load_dataset("mnist5k"))(model, x, y, eps=eps).x_adv
         assert ((x_adv - x).abs().amax() <= eps + 1e-6) and x_adv.min() >= 0 and x_adv.max() <= 1
         model.eval()
         with torch.no_grad():
@@ -284,17 +284,14 @@ def test_pgdpp_breaks_gradient_masking(masked_bnn):
 
 def test_gradient_diagnostics(masked_bnn, digits_bnn):
     model, x, y = masked_bnn
-    model = copy.deepcopy(model)
-    with pytest.raises(ValueError, match="not calibrated"):
-        gradient_diagnostics(model, x[:100], y[:100])
-    calibrate(model, zoo.load_dataset("mnist5k"), "cpu")
-    diag = gradient_diagnostics(model, x[:100], y[:100])
+    beta1 = pp.reference_beta1(model, attack_context(zoo.load_dataset("mnist5k"), "cpu"))
+    diag = gradient_diagnostics(model, x[:100], y[:100], njs_beta1=beta1)
     json.dumps(diag, allow_nan=False)
     assert all(type(v) is float for v in diag.values())
     for metric in ("zero_grad_share", "jac_sv_mean", "jac_sv_std", "psi_norm", "grad_norm"):
         for suffix in ("", "_njs", "_hns"):
             assert math.isfinite(diag[metric + suffix])
-    assert diag["njs_beta1"] == pp.cached_njs_beta1(model)
+    assert diag["njs_beta1"] == beta1
     assert diag["zero_grad_share"] > 0.5 and diag["zero_grad_share_njs"] == 0
     assert diag["zero_grad_share_hns"] == 0
     assert diag["grad_norm_njs"] > 100 * diag["grad_norm"]
