@@ -7,38 +7,22 @@ CIFAR-10 uses the paper's Table 6 (L∞ 8/255, L2 120/255).
 
 Costly attacks and models. A suite may run an attack at a subset of its ε values or on the
 first n test points only, optionally for some models only (:class:`Limit`), so that
-``nox -s benchmark`` (train the zoo, run the default suite, render the site) stays affordable
-on a 2-core CPU: 31-32 minutes from a fresh clone in two single-thread processes (``--jobs 2``),
-since Brendel-Bethge starts from its own initialisation and IPROP runs on the BNN-WAQ MLPs (it
-was 20 minutes before both, in one process). Seconds of attack time per cell in such a run
-(``nox -s benchmark`` from a fresh clone, 31 min 15 s, 2 shared cores, December 2026):
-
-* mnist5k-mlp3x512-bnn-waq, n = 1,000 (the costliest MLP: 690 s for its 93 cells):
-  FGSM/PGD/PGD++ and their variants 0.05-4.1 (68 cells, 62 s); DeepFool one search per norm
-  for all its ε, 13 s (L∞) and 28 s (L2); APGD-CE/DLR 5.3-7.1 (49 s for 8 cells); Square at
-  L∞ 0.1 and 0.3 on 500 points: 27 s and 0.5 s; AutoAttack at L∞ 0.1 on 200 points: 11 s;
-  Brendel-Bethge at L∞ 0.1 / L2 1.5 on 100 points: 27 s / 20 s; IPROP 8 s at L∞ 0.2 and 0.3,
-  61 s at 0.1 and 253 s at 0.05, where it spends its whole budget on every robust point.
-* mnist5k convnets, n = 200 (a gradient step at batch 256 costs them 11× a 3×512 MLP's): FGSM
-  0.07-0.7, PGD family 1.5-8.1, APGD 8.5-11, DeepFool one search per norm 7.5-21. On the
-  adversarially trained convnets most points survive, so the budgets are spent in full: on
-  50 points Square (5,000 queries) took up to 50 s, AutoAttack up to 117 s, Brendel-Bethge
-  43-75 s (L∞) and 34-46 s (L2).
-
-A first from-scratch run with Square on all 1,000 MLP points and the convnets' Square,
-AutoAttack and Brendel-Bethge on 100 points was heading for 35 minutes (the convnets alone took
-13, the two adversarially trained ones 4.5 each). The default suite therefore runs the MLPs on
-all 1,000 points at every ε except
+``nox -s benchmark`` stays affordable on a 2-core CPU. The default suite runs the MLPs on all
+1,000 points at every ε except the attacks whose budgets are spent in full on robust points:
 
 * Square at L∞ 0.1 and 0.3 only, on the first 500 test points,
 * AutoAttack at L∞ 0.1 only, on the first 200 test points,
 * Brendel-Bethge at L∞ 0.1 and L2 1.5 only, on the first 100 test points,
+* flip search (BNN-WAQ MLPs only) on the first 200 test points,
 
-and the convnets on the first 200 points at L∞ 0.1, 0.3 and L2 1.5, with Square and AutoAttack
-at L∞ 0.1 and Brendel-Bethge at L∞ 0.1 / L2 1.5 on the first 50. ``mnist5k-full`` runs every
-attack at every ε on all 1,000 points (hours on a CPU). Best-known accuracy combines cells of
-different n over the largest n: a smaller cell contributes its breaks on its prefix
-(see :mod:`results.bestknown`).
+and the convnets (a gradient step costs them about 11× a 3×512 MLP's) on the first 200 points
+at L∞ 0.1, 0.3 and L2 1.5, with Square and AutoAttack at L∞ 0.1 and Brendel-Bethge at L∞ 0.1 /
+L2 1.5 on the first 50. ``mnist5k-full`` runs every attack at every ε on all 1,000 points
+(hours on a CPU). Where a run's time went is computed from its records, not written here:
+``python benchmarks/suite_time.py --suite mnist5k`` (per model and per attack family; the
+README's "Performance" section quotes a from-scratch run). Best-known accuracy combines cells
+of different n over the largest n: a smaller cell contributes its breaks on its prefix (see
+:mod:`results.bestknown`).
 """
 
 from __future__ import annotations
@@ -100,8 +84,8 @@ def limit_rules(limits: LimitRules) -> list[tuple[str, Limit]]:
 #: The convolutional networks of the default suite: a PGD step costs them about 20× an MLP's.
 MNIST_CONVNETS = "mnist5k-convnet-*"
 
-#: The limits of the default MNIST suite (see the module docstring for the timings): the
-#: first rule matching the model and the attack applies.
+#: The limits of the default MNIST suite (see the module docstring): the first rule matching
+#: the model and the attack applies.
 MNIST_LIMITS = (
     # IPROP and flip search apply to BNN-WAQ MLPs only (their traits say so: the planner
     # gives them no cells elsewhere); IPROP runs there everywhere, flip search (a few tenths
