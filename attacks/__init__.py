@@ -8,12 +8,19 @@ import importlib as _importlib
 import pkgutil as _pkgutil
 
 from attacks.base import NORMS, Attack, AttackContext, AttackResult, check_eps
-from attacks.registry import AttackSpec, attack_spec, create_attack, list_attacks, register_attack
+from attacks.registry import (
+    AttackSpec,
+    attack_spec,
+    create_attack,
+    list_attacks,
+    register_attack,
+    registered,
+)
 
 for _module in sorted(m.name for m in _pkgutil.iter_modules(__path__)):
     _importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = [
     "NORMS", "Attack", "AttackContext", "AttackResult", "AttackSpec", "attack_spec",
-    "check_eps", "create_attack", "list_attacks", "register_attack",
+    "check_eps", "create_attack", "list_attacks", "register_attack", "registered",
 ]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,25 @@ def register_attack(name: str, factory: Callable[..., Attack], *, description: s
         raise ValueError(f"attack {name!r}: traits say uses_gradients={traits.uses_gradients}, "
                          f"the class says {probe.uses_gradients}")
     _ATTACKS[name] = AttackSpec(name, factory, probe.norm, description, dict(defaults), traits)
+
+
+@contextlib.contextmanager
+def registered(name: str, factory: Callable[..., Attack], *, description: str, traits: Traits,
+               replace: bool = False, **defaults: Any) -> Iterator[AttackSpec]:
+    """Register an attack for the duration of a ``with`` block (a test, an experiment in a
+    notebook). With ``replace`` it stands in for the attack registered under ``name``, which
+    is back afterwards (e.g. the same attack with fewer steps)."""
+    previous = _ATTACKS.get(name)
+    if previous is not None and not replace:
+        raise ValueError(f"attack {name!r} is registered; pass replace=True to stand in for it")
+    _ATTACKS.pop(name, None)
+    try:
+        register_attack(name, factory, description=description, traits=traits, **defaults)
+        yield _ATTACKS[name]
+    finally:
+        _ATTACKS.pop(name, None)
+        if previous is not None:
+            _ATTACKS[name] = previous
 
 
 def list_attacks(pattern: str = "*") -> list[str]:

@@ -53,3 +53,15 @@ def waq_batch(digits, digits_models):
     with torch.no_grad():
         clean = model(x).argmax(1) == y
     return model, x, y, clean
+
+
+@pytest.fixture
+def plugin_attack():
+    """``plugin_attack(name, factory, description=…, traits=…, **defaults)`` registers a
+    test-only attack (``replace=True``: stands in for a registered one) until the test ends."""
+    import contextlib
+
+    from attacks import registered
+
+    with contextlib.ExitStack() as stack:
+        yield lambda *args, **kw: stack.enter_context(registered(*args, **kw))

@@ -134,3 +134,23 @@ def test_l2_pgd_moves_on_a_saturated_binarized_mlp(digits_models, digits):
         fooled = model(out).argmax(1) != y
     # measured: 0.97 of the points (0.15 with the underflowing normalisation)
     assert float(fooled.float().mean()) > 0.8
+
+
+def test_registered_stands_in_for_a_block_and_restores_the_registry():
+    from attacks import attack_spec, list_attacks, registered
+    from results.vocabulary import Traits
+
+    before = list_attacks()
+    spec = attack_spec("fgsm")
+    with registered("fgsm-test-only", spec.factory, description="test", traits=spec.traits,
+                    **spec.defaults) as added:
+        assert added.name in list_attacks() and added.norm == "linf"
+    assert list_attacks() == before
+    with registered("fgsm", spec.factory, description="one step more", traits=spec.traits,
+                    replace=True, **{**spec.defaults, "steps": 2}):
+        assert attack_spec("fgsm").defaults["steps"] == 2
+    assert attack_spec("fgsm") is spec  # the registered attack is back
+    with pytest.raises(ValueError, match="replace=True"), registered(
+            "fgsm", spec.factory, description="x", traits=Traits("gradient", "fgsm")):
+        pass
+    assert attack_spec("fgsm") is spec

@@ -7,8 +7,6 @@ tests are few and live in this one module.
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from factories import evaluate_attacks
@@ -16,7 +14,6 @@ from factories import evaluate_attacks
 import attacks
 from attacks.base import Attack, AttackResult
 from attacks.library import draw_seed, nearest_training_starts
-from attacks.registry import _ATTACKS, AttackSpec
 from bench import engine
 from bench.calibrate import attack_context
 from bench.verify import distance, verify
@@ -168,17 +165,17 @@ def test_bba_starts_from_its_own_init_else_a_training_point(batch, digits):
     assert len(sel) == counts["starts_from_init"]
 
 
-def _fast_bba(monkeypatch) -> None:
-    spec = _ATTACKS["bba-linf"]  # 100 steps instead of 1,000: same code path, 10x faster
-    monkeypatch.setitem(_ATTACKS, "bba-linf",
-                        dataclasses.replace(spec, defaults={**spec.defaults, "steps": 100}))
+def _fast_bba(plugin_attack) -> None:
+    spec = attacks.attack_spec("bba-linf")  # 100 steps instead of 1,000: same code path
+    plugin_attack("bba-linf", spec.factory, description=spec.description, traits=spec.traits,
+                  replace=True, **{**spec.defaults, "steps": 100})
 
 
 @pytest.mark.slow
 def test_a_bba_cell_gives_the_same_result_alone_and_after_pgdpp(digits, digits_models,
-                                                               monkeypatch):
+                                                               plugin_attack):
     """BBA is BBA on its own: its cell does not depend on which cells ran before it."""
-    _fast_bba(monkeypatch)
+    _fast_bba(plugin_attack)
     model = digits_models["bnn-waq"]
     kw = dict(model_name="m", model_sha256="0" * 64, suite="t", dataset=digits,
               eps={"linf": [0.1]}, n=16, seed=0, device="cpu")
@@ -242,15 +239,14 @@ class OutOfBounds(Attack):
 
 @pytest.mark.parametrize(("mode", "norm", "eps"), [("ball", "linf", 0.05), ("box", "l2", 8.0)])
 def test_out_of_ball_or_box_candidates_are_rejected(mode, norm, eps, batch, digits,
-                                                    monkeypatch):
+                                                    plugin_attack):
     model, x, y = batch
     with torch.no_grad():
         pred = model(digits.train_x).argmax(1)
     pool = (digits.train_x, pred)
-    spec = AttackSpec(f"bad-{mode}", OutOfBounds, norm, "test only",
-                      {"norm": norm, "mode": mode, "pool": pool},
-                      Traits("gradient-free", f"bad-{mode}", uses_gradients=False))
-    monkeypatch.setitem(_ATTACKS, spec.name, spec)
+    spec = plugin_attack(f"bad-{mode}", OutOfBounds, description="test only",
+                         traits=Traits("gradient-free", f"bad-{mode}", uses_gradients=False),
+                         norm=norm, mode=mode, pool=pool)
     clean = torch.ones(len(x), dtype=torch.bool)
     out = engine.attack_cell(model, x, y, clean, attack_name=spec.name, eps=eps, seed=0,
                              device="cpu")

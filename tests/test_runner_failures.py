@@ -10,7 +10,6 @@ from torch import nn
 import bench
 import results
 from attacks.base import Attack, AttackResult
-from attacks.registry import _ATTACKS, AttackSpec
 from bench import engine
 from bench.executors import local
 from results.vocabulary import Traits
@@ -117,10 +116,9 @@ class UndefinedStatistic(Attack):
                                         "nested": {"ratio": float("-inf")}})
 
 
-def test_non_finite_info_is_stored_as_null(tmp_path, monkeypatch, digits, digits_models):
-    monkeypatch.setitem(_ATTACKS, "undefined-stat", AttackSpec(
-        "undefined-stat", UndefinedStatistic, "linf", "test plugin", {},
-        Traits("gradient-free", "undefined-stat", uses_gradients=False)))
+def test_non_finite_info_is_stored_as_null(tmp_path, plugin_attack, digits, digits_models):
+    plugin_attack("undefined-stat", UndefinedStatistic, description="test plugin",
+                  traits=Traits("gradient-free", "undefined-stat", uses_gradients=False))
     rows = list(evaluate_attacks(
         digits_models["ref"], model_name="m", model_sha256="0" * 64, suite="t", dataset=digits,
         attacks=["undefined-stat"], eps={"linf": [0.1]}, n=30, seed=0, device="cpu"))
@@ -160,11 +158,11 @@ class PerPointVerdicts(Attack):
 
 
 @pytest.mark.parametrize("short", [False, True])
-def test_per_point_lists_span_the_test_set_or_fail_their_cell(monkeypatch, digits,
+def test_per_point_lists_span_the_test_set_or_fail_their_cell(plugin_attack, digits,
                                                                digits_models, short):
-    monkeypatch.setitem(_ATTACKS, "per-point", AttackSpec(
-        "per-point", PerPointVerdicts, "linf", "test plugin", {"short": short},
-        Traits("gradient-free", "per-point", uses_gradients=False)))
+    plugin_attack("per-point", PerPointVerdicts, description="test plugin",
+                  traits=Traits("gradient-free", "per-point", uses_gradients=False),
+                  short=short)
     rows = list(evaluate_attacks(
         digits_models["ref"], model_name="m", model_sha256="0" * 64, suite="t", dataset=digits,
         attacks=["per-point", "fgsm"], eps={"linf": [0.1]}, n=30, seed=0, device="cpu"))
@@ -197,11 +195,10 @@ class SetupProbe(Attack):
         return AttackResult(x.clone())
 
 
-def test_setup_gets_the_dataset_context_once_per_cell_and_is_not_counted(monkeypatch, digits,
+def test_setup_gets_the_dataset_context_once_per_cell_and_is_not_counted(plugin_attack, digits,
                                                                         digits_models):
-    monkeypatch.setitem(_ATTACKS, "setup-probe", AttackSpec(
-        "setup-probe", SetupProbe, "linf", "test plugin", {},
-        Traits("gradient-free", "setup-probe", uses_gradients=False)))
+    plugin_attack("setup-probe", SetupProbe, description="test plugin",
+                  traits=Traits("gradient-free", "setup-probe", uses_gradients=False))
     SetupProbe.seen = []
     rows = list(evaluate_attacks(
         digits_models["ref"], model_name="m", model_sha256="0" * 64, suite="t", dataset=digits,
