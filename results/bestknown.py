@@ -14,7 +14,7 @@ prefix and says nothing about the points after it). Every broken point was verif
 is still an upper bound on the true robust accuracy, and the tightest one the records give.
 ``best_attack`` is chosen among the cells of the largest ``n`` (their accuracies are
 comparable). Cells whose ``clean_correct`` vectors disagree on their common prefix cannot
-come from the same test points and raise ValueError.
+come from the same test points and raise :class:`results.schema.RecordError` (a ValueError).
 
 Only cells of one measurement setting are combined: the same weights (``model_sha256``), the
 same seed and the same test inputs (``inputs_sha256`` of each sample count). Per-sample vectors
@@ -41,6 +41,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from results.schema import RecordError
+from results.vocabulary import NORM_LABEL
+
 KEYS = ["suite", "dataset", "model", "model_sha256", "seed", "norm", "eps"]
 
 
@@ -62,7 +65,7 @@ def best_known(cells: pd.DataFrame) -> pd.DataFrame:
     for key, group in ok.groupby(KEYS, sort=True):
         group = group.sort_values(["seconds_per_sample", "attack"])
         if "inputs_sha256" in group and (group.groupby("n")["inputs_sha256"].nunique() > 1).any():
-            raise ValueError(f"cells of {key} with the same number of test points have "
+            raise RecordError(f"cells of {key} with the same number of test points have "
                              "different inputs_sha256: they did not see the same test points")
         n = int(group["n"].max())
         full = group[group["n"] == n]
@@ -73,7 +76,7 @@ def best_known(cells: pd.DataFrame) -> pd.DataFrame:
                                                strict=True)):
             m = len(vec)
             if not np.array_equal(np.array(clean, dtype=bool), clean_ok[:m]):
-                raise ValueError(f"cells of {key} disagree on which of their common test "
+                raise RecordError(f"cells of {key} disagree on which of their common test "
                                  "points are correctly classified: they did not see the same "
                                  "test points")
             robust[row, :m] = np.array(vec, dtype=bool)
@@ -165,3 +168,40 @@ def current_weights(cells: pd.DataFrame) -> pd.DataFrame:
     latest = order.groupby(["suite", "dataset", "model"])["model_sha256"].last()
     current = cells.join(latest.rename("_current"), on=["suite", "dataset", "model"])
     return cells[current["_current"] == cells["model_sha256"]]
+
+
+def best_known_or_note(cells: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """:func:`best_known` per norm, every suite together (a point broken at a smaller ε, in any
+    suite of the dataset, counts at every larger one), for readers that must not fail on
+    records that do not fit together (the site). Where a norm's cells do not, it goes per
+    suite and threat model; a group whose cells did not see the same test points keeps the
+    cells of its most common (n, test inputs), and one that still does not fit has no
+    best-known value; each such group gets a line in ``notes``."""
+    if cells.empty:
+        return best_known(cells)
+    parts = []
+    for _, by_norm in cells.groupby("norm", sort=True):
+        try:
+            parts.append(best_known(by_norm))
+            continue
+        except ValueError:
+            pass
+        for (suite, norm, eps), group in by_norm.groupby(["suite", "norm", "eps"], sort=True):
+            try:
+                parts.append(best_known(group))
+                continue
+            except ValueError:
+                pass
+            where = f"suite {suite}, {NORM_LABEL.get(norm, norm)} ε = {eps:g}"
+            n, inputs = group.groupby(["n", "inputs_sha256"]).size().idxmax()
+            kept = group[(group["n"] == n) & (group["inputs_sha256"] == inputs)]
+            try:
+                parts.append(best_known(kept))
+            except ValueError as exc:
+                notes.append(f"{where}: no best-known value, its cells do not fit together "
+                             f"({exc})")
+                continue
+            notes.append(f"{where}: its cells did not all see the same test points; "
+                         f"best-known values use the {len(kept)} of {len(group)} cells on the "
+                         f"most common ones (n = {n}) only")
+    return pd.concat(parts, ignore_index=True) if parts else best_known(cells.iloc[:0])

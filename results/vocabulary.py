@@ -3,7 +3,8 @@
 This module imports neither torch nor any registry, so the zoo, the attacks, the runner, the
 records and the site all read the same facts from it:
 
-* :data:`NORMS`: the threat models' norms (``linf``, ``l2``);
+* :data:`NORMS`: the threat models' norms (``linf``, ``l2``), :data:`NORM_LABEL` how readers
+  see them;
 * :data:`FAMILIES`: what kind of attack a registered name is, in the order the boards group
   their columns:
 
@@ -41,6 +42,8 @@ from results.errors import EmptyPatternError, UnknownNameError
 
 Norm = Literal["linf", "l2"]
 NORMS: tuple[Norm, ...] = ("linf", "l2")
+#: how a norm is written for readers (tables, pages, plots)
+NORM_LABEL = {"linf": "L∞", "l2": "L2"}
 
 FAMILIES = ("gradient", "gradient-temperature", "minimum-norm", "gradient-free",
             "combinatorial", "exact")

@@ -21,10 +21,10 @@ import pandas as pd
 import results
 from results import board as results_board
 from results import claims
-from results.bestknown import best_known, current_runs
+from results.bestknown import best_known_or_note, current_runs
 from results.exact import Exact, exact_summaries
 from results.optimality import TOGETHER, optimality
-from results.vocabulary import family_of
+from results.vocabulary import NORM_LABEL, family_of
 
 # --- thresholds of the warning badges (gradient-masking checks after Athalye et al. 2018, as
 # Gupta & Ajanthan, AAAI 2022, Sec. 6 use them); stated on every page that shows badges ---
@@ -32,7 +32,6 @@ ZERO_GRAD_SHARE = 0.10  # share of test points whose input gradient is exactly z
 PP_GAP = 0.10  # plain attack's robust accuracy minus its best ++ (NJS/HNS) variant's
 GRADIENT_FREE_MARGIN = 0.01  # gradient-free attack below every gradient attack by at least this
 
-NORM_LABEL = {"linf": "L∞", "l2": "L2"}
 FLIPRATE_COLUMNS = ["model", "attack", "eps", "n", "flip_rate", "seconds", "seconds_per_sample"]
 
 BADGES = {
@@ -197,35 +196,10 @@ def load(records_root: Path | None) -> Records:
     cells = current_runs(cells).reset_index(drop=True) if not cells.empty else cells
     models = results.load_models(root=records_root)
     notes: list[str] = []
-    best = safe_best_known(cells, notes)
+    best = best_known_or_note(cells, notes)
     root = Path(records_root) if records_root is not None else results.RECORDS_DIR
     fliprate = read_fliprate(root / "fliprate.csv", notes)
     return Records(cells, models, best, fliprate, notes)
-
-
-def safe_best_known(cells: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
-    """best_known per norm, every suite together (a point broken at a smaller ε, in any suite
-    of the dataset, counts at every larger one); where that fails, per suite and threat model,
-    a group with mixed sample counts keeping its most common n."""
-    if cells.empty:
-        return best_known(cells)
-    parts = []
-    for _, by_norm in cells.groupby("norm", sort=True):
-        try:
-            parts.append(best_known(by_norm))
-            continue
-        except ValueError:
-            pass
-        for key, group in by_norm.groupby(["suite", "norm", "eps"], sort=True):
-            try:
-                parts.append(best_known(group))
-            except ValueError:
-                ns = group["n"].mode().iloc[0]
-                notes.append(f"suite {key[0]}, {threat_label(key[1], key[2])}: cells with "
-                             f"different sample counts; best-known values use the n = {ns} "
-                             "cells only")
-                parts.append(best_known(group[group["n"] == ns]))
-    return pd.concat(parts, ignore_index=True) if parts else best_known(cells.iloc[:0])
 
 
 def read_fliprate(path: Path, notes: list[str]) -> pd.DataFrame | None:

@@ -123,3 +123,15 @@ def test_train_needs_models_or_a_suite(capsys):
     assert "--suite SUITE" in capsys.readouterr().err
     assert main(["train", "--suite", "no-such-suite"]) == 2
     assert "unknown suite" in capsys.readouterr().err
+
+
+def test_board_of_cells_that_saw_other_test_points_is_one_line_and_exit_2(tmp_path, capsys):
+    from factories import make_cell
+
+    path = results.cells_path("s", tmp_path)
+    for attack, inputs in (("pgd-linf", "aa"), ("fgsm", "bb")):  # same n, other test points
+        results.append(path, make_cell(attack=attack, key=attack, inputs_sha256=inputs))
+    assert main(["board", "--suite", "s", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "did not see the same test points" in err
+    assert len(err.splitlines()) == 1

@@ -146,3 +146,27 @@ def test_a_point_broken_at_a_smaller_eps_is_broken_at_every_larger_one():
     row = board(frame, "linf", 0.05).rows[0]
     assert row.from_smaller_eps == {"milp-linf at ε=0.01": 1, "pgd-linf at ε=0.02": 1}
     assert row.best_known == pytest.approx(3 / 6)
+
+
+def test_best_known_or_note_keeps_going_where_cells_saw_other_points():
+    import pandas as pd
+
+    from results.bestknown import best_known_or_note
+
+    def cell(attack, inputs, robust):
+        return make_cell(attack=attack, key=attack + inputs, inputs_sha256=inputs,
+                         robust=robust, robust_acc=sum(robust) / 4, n_attacked=4,
+                         clean_acc=1.0, clean_correct=[1] * 4)
+
+    cells = pd.DataFrame([to_dict(c) for c in (
+        cell("pgd-linf", "aa", [1, 0, 1, 1]), cell("fgsm", "aa", [1, 1, 0, 1]),
+        cell("square", "bb", [0, 0, 0, 0]))])  # four points, but not the same four
+    with pytest.raises(ValueError, match="inputs_sha256"):
+        results.best_known(cells)
+    notes: list[str] = []
+    best = best_known_or_note(cells, notes)
+    assert notes == ["suite s, L∞ ε = 0.1: its cells did not all see the same test points; "
+                     "best-known values use the 2 of 3 cells on the most common ones (n = 4) "
+                     "only"]
+    (row,) = best.itertuples()
+    assert row.best_known_acc == 0.5 and row.attacks == 2  # pgd and fgsm together; not square
