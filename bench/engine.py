@@ -30,6 +30,7 @@ from results import CellRecord, ModelRecord
 from results.errors import QBenchError
 from results.schema import RecordError, finite
 from zoo.data import Dataset
+from zoo.deployed import integer_model
 from zoo.layers import frozen
 
 
@@ -74,6 +75,7 @@ def attack_cell(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean_correct: torch.Tensor, *,
     attack_name: str, eps: float, seed: int, device: str, batch_size: int = 1000,
     context: AttackContext | None = None, searches: dict | None = None,
+    deployed: nn.Module | None = None,
 ) -> dict:
     """Run one attack at one ε on the correctly classified points and verify the candidates.
 
@@ -83,7 +85,9 @@ def attack_cell(
     says so). ``context`` (default: an empty one) is what the attack's one-off
     :meth:`attacks.base.Attack.setup` gets (reference images, σ, training inputs; see
     :func:`bench.calibrate.attack_context`); its work is not counted in ``seconds`` or the
-    pass counts.
+    pass counts. ``deployed`` (a multi-bit model's exact integer evaluation,
+    :func:`zoo.deployed.integer_model`) re-checks every counted adversarial example:
+    ``info["deployed_held"]`` of ``info["deployed_checked"]`` are misclassified there too.
     """
     attack = create_attack(attack_name)
     idx = clean_correct.nonzero().squeeze(1)
@@ -96,7 +100,7 @@ def attack_cell(
         out.update(rejected=0, info={"oom_batch_size": batch} if retry else {}, per_point={})
         try:
             _attack_batches(attack, model, x, y, idx, robust, out, cost, eps=eps, seed=seed,
-                            device=device, batch_size=batch, context=context,
+                            device=device, batch_size=batch, context=context, deployed=deployed,
                             searches=None if retry else searches)
         except torch.OutOfMemoryError as exc:
             if device.startswith("cuda"):
@@ -134,6 +138,7 @@ def _attack_batches(
     attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
     robust: torch.Tensor, out: dict, cost: dict, *, eps: float, seed: int, device: str,
     batch_size: int, context: AttackContext | None, searches: dict | None,
+    deployed: nn.Module | None = None,
 ) -> None:
     """The batches of one attack cell: attack, verify, and fill ``robust``, ``out``, ``cost``."""
     counted = CountingModel(model).eval()
@@ -163,6 +168,13 @@ def _attack_batches(
             robust[b] = ~verdict.success
             out["rejected"] += verdict.rejected
             _merge_info(out["info"], result.info, len(b))
+            if deployed is not None:  # the counted examples, in the deployed arithmetic
+                hits = verdict.success
+                held = predict(deployed, result.x_adv[hits]) != y[b][hits]
+                out["info"]["deployed_checked"] = (out["info"].get("deployed_checked", 0)
+                                                   + int(hits.sum()))
+                out["info"]["deployed_held"] = (out["info"].get("deployed_held", 0)
+                                                + int(held.sum()))
             for k, values in result.per_point.items():
                 out.setdefault("per_point", {}).setdefault(k, []).extend(values)
 
@@ -266,6 +278,7 @@ def evaluate_cells(
     except Exception as exc:  # noqa: BLE001 - reported as error cells by the caller
         raise StageError("clean pass", exc) from exc
     context = attack_context(dataset, device)  # shared by the model's cells
+    deployed = integer_model(model)  # multi-bit models: their integer arithmetic
     searches: dict[str, dict] = {}  # a minimum-norm attack searches once for all its ε
     for cell in cells:
         key = cell.key(model_sha256, seed)
@@ -279,7 +292,7 @@ def evaluate_cells(
             measured = attack_cell(model, x[:cell.n], y[:cell.n], clean_correct[:cell.n],
                                    attack_name=cell.attack, eps=cell.eps,
                                    seed=cell_seed(seed, model_name, cell.attack, cell.eps),
-                                   device=device, context=context,
+                                   device=device, context=context, deployed=deployed,
                                    searches=searches.setdefault(cell.attack, {}))
             measured["info"].pop("_w", None)
             measured["info"] = finite(measured["info"])
@@ -323,10 +336,14 @@ def model_record(model: nn.Module, name: str, sha: str, card: dict, grid: Grid, 
     grid's test points."""
     x, y = (t.to(device) for t in data.test_subset(grid.n))
     with torch.no_grad():
-        clean = int((model(x).argmax(1) == y).sum()) / len(y)
+        pred = model(x).argmax(1)
+    clean = int((pred == y).sum()) / len(y)
+    found = diagnostics(model, x, y, reference_beta1(model, attack_context(data, device)))
+    deployed = integer_model(model)
+    if deployed is not None:  # test points the deployed arithmetic classifies otherwise
+        found["deployed_clean_disagree"] = int((predict(deployed, x) != pred).sum())
     return ModelRecord(
         suite=grid.suite, dataset=grid.dataset, model=name, model_sha256=sha, clean_acc=clean,
-        n=grid.n, card=card,
-        diagnostics=diagnostics(model, x, y, reference_beta1(model, attack_context(data, device))),
+        n=grid.n, card=card, diagnostics=found,
         **provenance.stamp(device, with_host=False),
     )

@@ -15,7 +15,8 @@ import torch
 
 from zoo import kernels
 
-PACKAGES = ("torch", "torchvision", "foolbox", "pyautoattack", "numpy", "pandas", "qbench")
+PACKAGES = ("torch", "torchvision", "foolbox", "pyautoattack", "brevitas", "numpy", "pandas",
+            "qbench")
 
 
 @functools.cache

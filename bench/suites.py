@@ -15,14 +15,16 @@ first n test points only, optionally for some models only (:class:`Limit`), so t
 * Brendel-Bethge at L∞ 0.1 and L2 1.5 only, on the first 100 test points,
 * flip search (BNN-WAQ MLPs only) on the first 200 test points,
 
-and the convnets (a gradient step costs them about 11× a 3×512 MLP's) on the first 200 points
-at L∞ 0.1, 0.3 and L2 1.5, with Square and AutoAttack at L∞ 0.1 and Brendel-Bethge at L∞ 0.1 /
-L2 1.5 on the first 50. ``mnist5k-full`` runs every attack at every ε on all 1,000 points
-(hours on a CPU). Where a run's time went is computed from its records, not written here:
-``python benchmarks/suite_time.py --suite mnist5k`` (per model and per attack family; the
-README's "Performance" section quotes a from-scratch run). Best-known accuracy combines cells
-of different n over the largest n: a smaller cell contributes its breaks on its prefix (see
-:mod:`results.bestknown`).
+the multi-bit MLPs (:mod:`zoo.quantized`) at L∞ 0.1, 0.3 and L2 1.5 on the first 500 points
+(Square at L∞ 0.1 on 200, AutoAttack at L∞ 0.1 on 100, Brendel-Bethge at L∞ 0.1 / L2 1.5 on 50),
+and the convnets, multi-bit ones included (a gradient step costs them about 11× a 3×512 MLP's),
+on the first 200 points at L∞ 0.1, 0.3 and L2 1.5, with Square and AutoAttack at L∞ 0.1 and
+Brendel-Bethge at L∞ 0.1 / L2 1.5 on the first 50. ``mnist5k-full`` runs every attack at every ε
+on all 1,000 points (hours on a CPU). Where a run's time went is computed from its records, not
+written here: ``python benchmarks/suite_time.py --suite mnist5k`` (per model and per attack
+family; the README's "Performance" section quotes a from-scratch run). Best-known accuracy
+combines cells of different n over the largest n: a smaller cell contributes its breaks on its
+prefix (see :mod:`results.bestknown`).
 """
 
 from __future__ import annotations
@@ -83,10 +85,19 @@ def limit_rules(limits: LimitRules) -> list[tuple[str, Limit]]:
 
 #: The convolutional networks of the default suite: a PGD step costs them about 20× an MLP's.
 MNIST_CONVNETS = "mnist5k-convnet-*"
+#: The multi-bit MLPs of the default suite (W8A8 … W2A32 and the adversarially trained W4A4)
+MNIST_MULTIBIT_MLPS = "mnist5k-mlp*-w?a*"
 
 #: The limits of the default MNIST suite (see the module docstring): the first rule matching
 #: the model and the attack applies.
 MNIST_LIMITS = (
+    # multi-bit MLPs: every attack at L∞ 0.1, 0.3 and L2 1.5 on 500 points (the bit-width
+    # comparison), the query-hungry ones at L∞ 0.1 / L2 1.5 on fewer; the multi-bit convnets
+    # take the convnets' limits below
+    ("square", Limit(eps={"linf": [0.1]}, n=200, models=MNIST_MULTIBIT_MLPS)),
+    ("autoattack", Limit(eps={"linf": [0.1]}, n=100, models=MNIST_MULTIBIT_MLPS)),
+    ("bba-*", Limit(eps={"linf": [0.1], "l2": [1.5]}, n=50, models=MNIST_MULTIBIT_MLPS)),
+    ("*", Limit(eps={"linf": [0.1, 0.3], "l2": [1.5]}, n=500, models=MNIST_MULTIBIT_MLPS)),
     # IPROP and flip search apply to BNN-WAQ MLPs only (their traits say so: the planner
     # gives them no cells elsewhere); IPROP runs there everywhere, flip search (a few tenths
     # of a second per point) on 200 points

@@ -3,7 +3,8 @@
 Gupta & Ajanthan, "Improved Gradient based Adversarial Attacks for Quantized Networks"
 (AAAI 2022) make five claims that the default suite can test on MNIST-sized models; a sixth row
 asks what their reading of near-0 PGD++ accuracy implies (gradient attacks are near-optimal on
-BNN-WAQ MLPs), against the exact verifier of the oracle suite. Each claim
+BNN-WAQ MLPs), against the exact verifier of the oracle suite; the last rows test the
+conjecture of their conclusion on this zoo's multi-bit networks, one row per bit width. Each claim
 is evaluated from the recorded cells of each model's current run (:func:`results.bestknown.
 current_runs`), with the attacks chosen by their recorded traits (family, base, scaler), never
 by name; every comparison is listed with its numbers.
@@ -34,7 +35,7 @@ import pandas as pd
 from results.bestknown import best_known, current_runs
 from results.optimality import exact_robust
 from results.paired import Paired, paired
-from results.vocabulary import traits_from_config
+from results.vocabulary import MULTIBIT, traits_from_config
 
 #: PGD "does not" take a model to about 0: it leaves more than this
 PGD_LEAVES = 0.10
@@ -292,4 +293,28 @@ def paper_claims(cells: pd.DataFrame, models: pd.DataFrame, *, norm: str = "linf
                         "(the better of NJS and HNS) leave no significantly more points "
                         "standing than the exact robust accuracy, on the points the verifier "
                         "decided?", comps))
+
+    # 7. the paper's conjecture: PGD++ also removes the fake robustness of multi-bit networks,
+    # one row per bit width
+    for quant, (weight, act) in MULTIBIT.items():
+        comps = []
+        for key, cell in sorted(pgd.items()):
+            if c.quant(key[0], key[1]) != quant or key not in pp or key not in c.best:
+                continue
+            t = paired(pp[key].robust, c.best[key])
+            fake = paired(cell.robust, c.best[key])
+            had = ("PGD leaves significantly more than best-known (fake robustness)"
+                   if fake.outcome == "weaker" else "PGD is already at best-known")
+            comps.append(Comparison(key[1], eps, norm, f"PGD {_pct(cell.robust_acc)}: {had}; "
+                                    + _numbers(f"PGD++ ({pp[key].attack})", "best-known", t),
+                                    outcome(t, "tie")))
+        bits = f"W{weight}A{act}" if act else f"W{weight} with float activations"
+        claims.append(Claim(
+            f"pgdpp-multibit-{quant}", f"PGD++ also removes the fake robustness of multi-bit "
+            f"quantized networks: {bits}",
+            "conclusion (a conjecture: the paper studies BNNs only)",
+            f"at {label}, every normally trained {bits} network: does PGD++ (the better of NJS "
+            "and HNS) leave no significantly more points standing than best-known (every "
+            "attack together)? Each comparison also says whether PGD itself fell short of "
+            "best-known, i.e. whether there was fake robustness to remove", comps))
     return claims

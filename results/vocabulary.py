@@ -17,6 +17,8 @@ records and the site all read the same facts from it:
   - ``combinatorial``: attacks on the exact integer network of a BNN (IPROP, flip search);
   - ``exact``: verifiers that decide each point (robust, broken, or unknown at a time limit)
     with a solver on the exact integer network (the MILP oracle);
+* :data:`QUANT_BITS`: each quantization's weight and activation bits (float: 32), among them
+  the multi-bit ones (:data:`MULTIBIT`);
 * :data:`SCALERS`: the temperature an attack puts on the logits (``none``, ``njs``,
   ``njs-raw`` for NJS with β1 in pixel coordinates, ``hns``, ``fixed``);
 * :class:`Traits`: an attack's family, base attack, scaler, whether it uses gradients and the
@@ -52,6 +54,17 @@ SCALERS = ("none", "njs", "njs-raw", "hns", "fixed")
 #: The models the combinatorial attacks and the verifier take: fully binarized MLPs (their
 #: exact integer network is what they search or solve)
 BNN_WAQ_MLP = {"arch": "mlp*", "quant": "bnn-waq"}
+
+#: The multi-bit quantizations (``w{B}a{A}``, Brevitas in :mod:`zoo.quantized`): weight bits,
+#: activation bits (None: float activations, a weight-only setting)
+MULTIBIT: dict[str, tuple[int, int | None]] = {
+    "w8a8": (8, 8), "w4a4": (4, 4), "w2a2": (2, 2), "w2a32": (2, None),
+}
+#: Every quantization's (weight bits, activation bits), 32 for float
+QUANT_BITS: dict[str, tuple[int, int]] = {
+    "ref": (32, 32), "bnn-wq": (1, 32), "bnn-waq": (1, 1),
+    **{q: (w, a or 32) for q, (w, a) in MULTIBIT.items()},
+}
 
 
 def applies(applies_to: Mapping[str, str] | None, card: Mapping[str, Any] | None) -> bool:

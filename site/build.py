@@ -7,8 +7,9 @@ opened from disk):
   overview of best-known robust accuracy with the warning flags;
 - ``board-<suite>-<norm>-<ε>.html``: one leaderboard per suite and threat model;
 - ``attacks.html``: strength (gap to best-known) and cost of every attack;
-- ``paper.html``: the paper's claims, each checked against the records, and how far the
-  attacks are from the exact verifier's truth (also on ``index.html``);
+- ``paper.html``: the paper's claims, each checked against the records (its conjecture on
+  multi-bit networks too, with robust accuracy against bit width), and how far the attacks are
+  from the exact verifier's truth (also on ``index.html``);
 - ``models.html`` and ``model-<name>.html``: the model cards, diagnostics and curves;
 - ``img/*.png`` (matplotlib), ``style.css``, ``sort.js`` (sortable tables, no framework).
 """
@@ -91,7 +92,7 @@ def environment() -> Environment:
 
 
 def _plots(out_dir: Path, rec: data.Records, pages: list[dict], attack_rows: list[dict],
-           optimal: list[dict]) -> dict:
+           optimal: list[dict], bits_views: list[dict]) -> dict:
     """Draw every figure; returns {'attacks': the cost plot (src, w, h) or None}."""
     img = out_dir / "img"
     kinds = attack_columns(rec.cells)
@@ -141,6 +142,14 @@ def _plots(out_dir: Path, rec: data.Records, pages: list[dict], attack_rows: lis
         view["plot"] = {"src": f"img/{name}", "w": w, "h": h,
                         "alt": f"robust accuracy against L∞ ε of every attack and the exact "
                                f"robust accuracy, {view['model']}"}
+    for view in bits_views:
+        for a in view["archs"]:
+            name = f"bits-{data.slug(view['suite'])}-{data.slug(a['arch'])}-{view['norm']}.png"
+            w, h = plots.bits(img / name, rows=a["rows"], columns=view["columns"],
+                              title=f"{a['arch']} · {view['suite']} · {view['label']}")
+            a["plot"] = {"src": f"img/{name}", "w": w, "h": h,
+                         "alt": f"robust accuracy against bit width, {a['arch']}, "
+                                f"{view['label']}"}
     size = plots.cost_strength(img / "attacks-cost.png", attack_rows)
     return {"attacks": {"src": "img/attacks-cost.png", "w": size[0], "h": size[1]}
             if size else None}
@@ -184,7 +193,8 @@ def _render(rec: data.Records, out_dir: Path) -> Path:
     for asset in ("style.css", "sort.js"):
         shutil.copy(HERE / "static" / asset, out_dir / asset)
     optimal = data.optimality_view(rec)
-    figures = _plots(out_dir, rec, pages, attack_rows, optimal)
+    bits_views = data.bits_view(rec)
+    figures = _plots(out_dir, rec, pages, attack_rows, optimal, bits_views)
 
     env = environment()
     everything = data.provenance(rec.cells, rec.models)
@@ -206,7 +216,7 @@ def _render(rec: data.Records, out_dir: Path) -> Path:
           cost_plot=figures["attacks"], provenance=everything)
     summaries = {m["model"]: m for s in suites for m in s["matrix"]}
     write("paper.html", "paper.html", claims=data.paper_claims(rec), alpha=ALPHA,
-          optimal=optimal, provenance=everything)
+          optimal=optimal, bits=bits_views, provenance=everything)
     write("models.html", "models.html", pages=pages, summaries=summaries,
           provenance=data.provenance(rec.models, rec.cells))
     for p in pages:

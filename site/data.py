@@ -607,6 +607,8 @@ DIAG_SCALARS = [
     ("Jacobian singular values, std", "jac_sv_std"),
     ("NJS β₁", "njs_beta1"),
     ("HNS β, mean", "hns_beta_mean"),
+    # multi-bit models: the test points their exact integer arithmetic classifies otherwise
+    ("test points classified otherwise in integer arithmetic", "deployed_clean_disagree"),
 ]
 
 
@@ -775,3 +777,38 @@ def optimality_view(rec: Records) -> list[dict]:
             view["series"].setdefault(m.attack, []).append((o.eps, m.robust_acc))
         view["band"].append((o.eps, ex.lower, ex.upper))
     return list(out.values())
+
+
+# ------------------------------------------------------------------ bit widths
+
+#: the threat models of the bit-width comparison (the closing table of the multi-bit issue)
+BITS_THREATS = (("linf", 0.1), ("l2", 1.5))
+
+
+def bits_view(rec: Records) -> list[dict]:
+    """Robust accuracy against bit width (:func:`results.bits.bits_rows`), per threat model
+    and architecture, for suites with multi-bit models; ``plot`` is filled in by the
+    builder."""
+    from results.bits import bits_rows
+
+    out = []
+    for norm, eps in BITS_THREATS:
+        rows = bits_rows(rec.cells, rec.models, norm=norm, eps=eps)
+        suites = {r.suite for r in rows if r.quant not in ("ref", "bnn-wq", "bnn-waq")}
+        for suite in sorted(suites):
+            archs: dict[str, list] = {}
+            for r in rows:
+                if r.suite == suite:
+                    archs.setdefault(r.arch, []).append(r)
+            out.append({"suite": suite, "norm": norm, "eps": eps,
+                        "label": threat_label(norm, eps),
+                        "columns": list(next(iter(archs.values()))[0].robust),
+                        "archs": [{"arch": arch, "plot": None, "rows": [{
+                            "model": r.model, "file": model_file(r.model), "label": r.label,
+                            "weight_bits": r.weight_bits, "act_bits": r.act_bits,
+                            "robust": r.robust, "best": r.best_known, "n": r.n,
+                            "deployed": (None if not r.deployed_checked else
+                                         r.deployed_held / r.deployed_checked),
+                            "deployed_counts": (r.deployed_held, r.deployed_checked)}
+                            for r in arch_rows]} for arch, arch_rows in sorted(archs.items())]})
+    return out

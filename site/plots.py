@@ -171,3 +171,38 @@ def cost_strength(path: Path, rows: list[dict]) -> tuple[int, int] | None:
                  fontsize=10, color=INK)
     ax.legend(frameon=False, fontsize=8, loc="upper right")
     return _save(fig, path)
+
+
+def bits(path: Path, *, title: str, rows: list[dict], columns: list[str]) -> tuple[int, int]:
+    """Robust accuracy (%) against bit width: one line per attack column and best-known over
+    the networks whose weights and activations have the same width (1: BNN-WAQ, 32: float);
+    weight-only networks (float activations) as hollow markers of best-known."""
+    fig = _figure(6.4, 3.6)
+    ax = fig.add_subplot()
+    _style_axes(ax)
+    same = sorted((r for r in rows if r["act_bits"] == r["weight_bits"]),
+                  key=lambda r: r["weight_bits"])
+    xs = [r["weight_bits"] for r in same]
+    for i, col in enumerate(columns):
+        pts = [(x, r["robust"].get(col)) for x, r in zip(xs, same, strict=True)
+               if r["robust"].get(col) is not None]
+        if pts:
+            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts],
+                    color=PALETTE[i % len(PALETTE)], marker="o", markersize=4, linewidth=1.6,
+                    linestyle="-" if i == 0 else "--", label=_text(col), zorder=3)
+    best = [(x, r["best"]) for x, r in zip(xs, same, strict=True) if r["best"] is not None]
+    if best:
+        ax.plot([p[0] for p in best], [100 * p[1] for p in best], color=INK, alpha=0.18,
+                linewidth=9, solid_capstyle="round", label="best known", zorder=1)
+    weight_only = [r for r in rows if r not in same and r["best"] is not None]
+    if weight_only:
+        ax.plot([r["weight_bits"] for r in weight_only], [100 * r["best"] for r in weight_only],
+                linestyle="none", marker="o", markersize=7, markerfacecolor="none",
+                color=INK, label="best known, float activations", zorder=4)
+    ticks = sorted({r["weight_bits"] for r in rows})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, [str(t) if t < 32 else "32 (float)" for t in ticks])
+    ax.minorticks_off()
+    _finish(ax, xlabel="bits (weights; activations the same, or float)",
+            ylabel="robust accuracy (%)", title=title)
+    return _save(fig, path)

@@ -135,3 +135,66 @@ def test_gradient_attacks_are_judged_against_the_exact_verifier(tmp_path):
     assert [c.outcome for c in claim.comparisons] == ["holds", "fails"]
     assert claim.verdict == "partly"
     assert "990 decided points; 0 vs 4 discordant points" in claim.comparisons[0].text
+
+
+def test_the_multi_bit_conjecture_gets_a_verdict_per_bit_width(tmp_path):
+    cells = [
+        # W4A4: PGD leaves 30% more than best-known (fake robustness), PGD++ removes it
+        _cell("w4", "pgd-linf", set(range(300))),
+        _cell("w4", "pgd-linf-njs", set(range(2))),
+        _cell("w4", "apgd-dlr", set(range(1))),
+        # W8A8: PGD is already at best-known, and so is PGD++
+        _cell("w8", "pgd-linf", set(range(3))),
+        _cell("w8", "pgd-linf-hns", set(range(3))),
+        # W2A2: PGD++ falls short of best-known (Square breaks 40 more): the conjecture fails
+        _cell("w2", "pgd-linf", set(range(60))),
+        _cell("w2", "pgd-linf-njs", set(range(50))),
+        _cell("w2", "square", set(range(10))),
+    ]
+    found = _claims(tmp_path, cells, {"w4": "w4a4", "w8": "w8a8", "w2": "w2a2"})
+    w4, w8, w2 = (found[f"pgdpp-multibit-{q}"] for q in ("w4a4", "w8a8", "w2a2"))
+    assert (w4.verdict, w8.verdict, w2.verdict) == ("holds", "holds", "does not hold")
+    assert "fake robustness" in w4.comparisons[0].text
+    assert "already at best-known" in w8.comparisons[0].text
+    assert found["pgdpp-multibit-w2a32"].verdict == "not tested"
+    # the BNN claims do not count multi-bit networks
+    assert not any(c.model in ("w2", "w4", "w8") for c in found["pgdpp-to-zero"].comparisons)
+
+
+def test_bits_rows_put_every_quantization_on_its_bit_width(tmp_path):
+    from results.bits import bits_rows
+
+    quants = {"f": "ref", "b1": "bnn-waq", "q4": "w4a4", "q2": "w2a32"}
+    cells = [_cell(m, a, set(range(k))) for m, k in (("f", 10), ("b1", 800), ("q4", 40),
+                                                       ("q2", 30))
+             for a in ("pgd-linf", "pgd-linf-njs")]
+    cells.append(make_cell(**{**_cell("q4", "pgd-linf-hns", set(range(20))).__dict__,
+                              "info": {"deployed_checked": 980, "deployed_held": 975}}))
+    _claims(tmp_path, cells, quants)
+    rows = bits_rows(results.load(root=tmp_path), results.load_models(root=tmp_path),
+                     norm="linf", eps=0.1)
+    assert [(r.model, r.weight_bits, r.act_bits, r.label) for r in rows] == [
+        ("b1", 1, 1, "W1A1"), ("q2", 2, 32, "W2 (float act.)"), ("q4", 4, 4, "W4A4"),
+        ("f", 32, 32, "float")]
+    q4 = rows[2]
+    assert q4.robust["PGD"] == 0.04 and q4.robust["PGD++ HNS"] == 0.02
+    assert q4.robust["Square"] is None and q4.best_known == 0.02
+    assert (q4.deployed_held, q4.deployed_checked) == (975, 980)
+
+
+def test_the_paper_page_plots_and_tables_robust_accuracy_against_bit_width(tmp_path):
+    from leaderboard import build_site
+
+    quants = {"f": "ref", "b1": "bnn-waq", "q4": "w4a4", "q8": "w8a8"}
+    cells = [_cell(m, a, set(range(k))) for m, k in (("f", 10), ("b1", 800), ("q4", 40),
+                                                       ("q8", 20))
+             for a in ("pgd-linf", "pgd-linf-njs")]
+    _claims(tmp_path, cells, quants)
+    index = build_site(tmp_path, tmp_path / "site")
+    paper = (index.parent / "paper.html").read_text()
+    section = paper[paper.index('id="bits"'):]
+    assert 'data-arch="mlp"' in section
+    rows = [section.index(f">{m}<") for m in ("b1", "q4", "q8", "f")]
+    assert rows == sorted(rows)  # by bit width: 1, 4, 8, float
+    assert (index.parent / "img" / "bits-s-mlp-linf.png").stat().st_size > 1000
+    assert 'data-claim="pgdpp-multibit-w4a4"' in paper

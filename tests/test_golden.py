@@ -41,6 +41,10 @@ CELLS = [
 #: through oneDNN, whose kernels are chosen apart from torch's own (``ONEDNN_MAX_CPU_ISA``).
 CONV_MODEL, CONV_DATASET, CONV_N = "mnist5k-convnet-bnn-waq", "mnist5k", 20
 CONV_CELLS = [("fgsm", 0.1), ("pgd-linf-njs", 0.1), ("square", 0.1)]
+#: A multi-bit (W4A4) MLP, for the same check: its activation codes are rounded from float32
+#: pre-activations, which other kernels could move across a rounding threshold
+MULTIBIT_MODEL, MULTIBIT_N = "mnist5k-mlp5x100-w4a4", 40
+MULTIBIT_CELLS = [("pgd-linf", 0.1), ("pgd-linf-hns", 0.1), ("square", 0.1)]
 
 
 def compute(model_name: str = MODEL, dataset: str = "digits", cells: list | None = None,
@@ -123,11 +127,14 @@ _CHILD = """
 import json, sys
 sys.path.insert(0, {tests!r})
 import conftest  # noqa: F401 - the tests' weight cache
-from test_golden import CONV_CELLS, CONV_DATASET, CONV_MODEL, CONV_N, compute
+from test_golden import (CONV_CELLS, CONV_DATASET, CONV_MODEL, CONV_N, MULTIBIT_CELLS,
+                         MULTIBIT_MODEL, MULTIBIT_N, compute)
 from zoo import kernels
 print(json.dumps({{"kernels": kernels.in_force(),
                   "mlp": compute(),
-                  "conv": compute(CONV_MODEL, CONV_DATASET, CONV_CELLS, CONV_N)}}))
+                  "conv": compute(CONV_MODEL, CONV_DATASET, CONV_CELLS, CONV_N),
+                  "multibit": compute(MULTIBIT_MODEL, CONV_DATASET, MULTIBIT_CELLS,
+                                      MULTIBIT_N)}}))
 """
 
 
@@ -152,7 +159,7 @@ def test_known_answers_are_the_same_under_every_cpu_kernel_level():
     assert "default" in runs and len(runs) >= 2, runs.keys()
     first, *others = runs
     for level in others:
-        for part in ("mlp", "conv"):
+        for part in ("mlp", "conv", "multibit"):
             a, b = runs[first][part], runs[level][part]
             assert a["clean_correct"] == b["clean_correct"], (part, level)
             diff = [c["attack"] for c, d in zip(a["cells"], b["cells"], strict=True)

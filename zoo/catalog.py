@@ -14,6 +14,7 @@ from zoo.cifar import ARCH_TEXT, CIFAR_ARCHS
 from zoo.convnets import CONVNET_HIDDEN, CONVNET_TEXT, convnet
 from zoo.data import dataset_info
 from zoo.models import MLP, QUANTS
+from zoo.quantized import MULTIBIT
 from zoo.registry import register_model
 from zoo.train import Recipe
 
@@ -36,6 +37,12 @@ QUANT_TEXT = {
     "(trained BinaryConnect style)",
     "bnn-waq": "BNN-WAQ (BinaryNet): sign weights, float biases, BN with affine, sign "
     "activations with a straight-through estimator, real-valued input to the first layer",
+    **{q: (f"W{w}A{a or 32} (Brevitas quantization-aware training): {w}-bit weights with one "
+           "float scale per tensor, "
+           + (f"{a}-bit ReLU activations with a learned scale per layer" if a else
+              "float ReLU activations (weight-only)")
+           + ", float biases, BN with affine, real-valued input to the first layer")
+       for q, (w, a) in MULTIBIT.items()},
 }
 
 MLP_DATASETS = ("mnist5k", "digits", "mnist", "fashion-mnist")
@@ -47,9 +54,10 @@ def mlp_text(hidden: list[int]) -> str:
 
 
 def mlp_recipe(dataset: str, hidden: list[int], quant: str) -> Recipe:
-    """Seeded recipe; binarized nets train with a 1/sqrt(fan-in) logit scale in the loss."""
+    """Seeded recipe; binarized nets train with a 1/sqrt(fan-in) logit scale in the loss,
+    multi-bit ones as the float reference."""
     epochs = {"digits": 30, "mnist5k": 15}.get(dataset, 5)
-    if quant == "ref":
+    if quant == "ref" or quant in MULTIBIT:
         return Recipe(epochs=epochs, lr=1e-3)
     return Recipe(epochs=epochs, lr=1e-2 if quant == "bnn-waq" else 3e-3,
                   logit_scale=round(1 / math.sqrt(hidden[-1]), 6), clip_latent=True)
@@ -95,7 +103,7 @@ def convnet_recipe(dataset: str, quant: str) -> Recipe:
     a load of about 4).
     """
     big = dataset == "fashion-mnist"
-    if quant == "ref":
+    if quant == "ref" or quant in MULTIBIT:
         return Recipe(epochs=1 if big else 8, lr=1e-3)
     scale = round(1 / math.sqrt(CONVNET_HIDDEN), 6)
     return Recipe(epochs=2 if big else 10, lr=3e-3 if quant == "bnn-wq" else 5e-3,
@@ -204,6 +212,37 @@ def _register_cifar() -> None:
                 )(partial(factory, quant))
 
 
+# ---------------------------------------------------------------------------------------
+# Multi-bit networks (zoo.quantized): the default dataset's MLPs and convnet at every bit width,
+# and one adversarially trained W4A4 MLP.
+
+
+def _register_multibit() -> None:
+    dataset = "mnist5k"
+    c, h, w = dataset_info(dataset).input_shape
+    for quant in MULTIBIT:
+        for arch, (hidden, arch_text) in MLP_ARCHS.items():
+            register_model(
+                f"{dataset}-{arch}-{quant}", dataset=dataset, arch=arch, quant=quant,
+                recipe=mlp_recipe(dataset, hidden, quant),
+                description=f"{arch_text}; {QUANT_TEXT[quant]}", architecture=mlp_text(hidden),
+            )(partial(MLP, c * h * w, hidden, 10, quant))
+        register_model(
+            f"{dataset}-convnet-{quant}", dataset=dataset, arch="convnet", quant=quant,
+            recipe=convnet_recipe(dataset, quant),
+            description=f"small VGG-style convnet for 28x28 grey images; {QUANT_TEXT[quant]}",
+            architecture=CONVNET_TEXT,
+        )(partial(convnet, quant, in_channels=c, image_size=h))
+    hidden, arch_text = MLP_ARCHS["mlp5x100"]
+    register_model(
+        f"{dataset}-mlp5x100-w4a4-at", dataset=dataset, arch="mlp5x100", quant="w4a4",
+        recipe=at_recipe(mlp_recipe(dataset, hidden, "w4a4"), MNIST_AT_EPS),
+        description=f"{arch_text}; {QUANT_TEXT['w4a4']}" + _at_description(f"{MNIST_AT_EPS:g}"),
+        architecture=mlp_text(hidden),
+    )(partial(MLP, c * h * w, hidden, 10, "w4a4"))
+
+
 _register_convnets()
 _register_mlp_at()
 _register_cifar()
+_register_multibit()

@@ -1,5 +1,6 @@
 """Architectures. Every model maps images in [0, 1] to logits; quantization is one of
-``ref`` (float), ``bnn-wq`` (binary weights) and ``bnn-waq`` (binary weights and activations).
+``ref`` (float), ``bnn-wq`` (binary weights), ``bnn-waq`` (binary weights and activations)
+and the multi-bit ``w{B}a{A}`` of :mod:`zoo.quantized` (B-bit weights, A-bit activations).
 """
 
 from __future__ import annotations
@@ -7,19 +8,25 @@ from __future__ import annotations
 from torch import nn
 
 from zoo.layers import BinaryConv2d, BinaryLinear, SignActivation
+from zoo.quantized import MULTIBIT, quant_conv, quant_linear, quant_relu
 
+#: float and binarized: the quantizations the paper evaluates
 QUANTS = ("ref", "bnn-wq", "bnn-waq")
+#: every quantization an architecture can be built in
+ALL_QUANTS = (*QUANTS, *MULTIBIT)
 
 
 def check_quant(quant: str) -> None:
-    if quant not in QUANTS:
-        raise ValueError(f"unknown quantization {quant!r}; allowed: {', '.join(QUANTS)}")
+    if quant not in ALL_QUANTS:
+        raise ValueError(f"unknown quantization {quant!r}; allowed: {', '.join(ALL_QUANTS)}")
 
 
 def dense(in_features: int, out_features: int, quant: str) -> nn.Module:
     """A fully connected layer of the given quantization."""
     if quant == "ref":
         return nn.Linear(in_features, out_features)
+    if quant in MULTIBIT:
+        return quant_linear(in_features, out_features, quant)
     return BinaryLinear(in_features, out_features, binarize_bias=quant == "bnn-wq")
 
 
@@ -28,9 +35,12 @@ def norm_act_1d(features: int, quant: str) -> list[nn.Module]:
 
     ref: BN with affine parameters, ReLU. bnn-wq: BN *without* affine parameters, float ReLU.
     bnn-waq: BN with affine parameters, sign activation with straight-through gradient.
+    w{B}a{A}: BN with affine parameters, A-bit ReLU (float ReLU for a32).
     """
     if quant == "ref":
         return [nn.BatchNorm1d(features), nn.ReLU()]
+    if quant in MULTIBIT:
+        return [nn.BatchNorm1d(features), quant_relu(quant)]
     if quant == "bnn-wq":
         return [nn.BatchNorm1d(features, affine=False), nn.ReLU()]
     return [nn.BatchNorm1d(features, affine=True), SignActivation()]
@@ -88,6 +98,9 @@ def conv(in_channels: int, out_channels: int, kernel_size: int, quant: str, *, s
     if quant == "ref":
         return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                          bias=bias)
+    if quant in MULTIBIT:
+        return quant_conv(in_channels, out_channels, kernel_size, quant, stride=stride,
+                          padding=padding, bias=bias)
     return BinaryConv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                         binarize_bias=quant == "bnn-wq")
 
@@ -98,5 +111,8 @@ def norm_2d(channels: int, quant: str) -> nn.Module:
 
 
 def activation(quant: str) -> nn.Module:
-    """ReLU (ref, bnn-wq: float activations) or the sign with straight-through gradient."""
+    """ReLU (ref, bnn-wq: float activations), the sign with straight-through gradient
+    (bnn-waq), or the A-bit ReLU (w{B}a{A})."""
+    if quant in MULTIBIT:
+        return quant_relu(quant)
     return SignActivation() if quant == "bnn-waq" else nn.ReLU()

@@ -20,6 +20,7 @@ from torch import nn
 
 from results.errors import CorruptWeightsError, QBenchError, UnknownNameError
 from zoo.data import dataset_info, load_dataset
+from zoo.quantized import MULTIBIT, quantization_card
 from zoo.store import (
     SHIPPED_DIR,
     load_weights,
@@ -117,6 +118,7 @@ def _static_card(spec: ModelSpec, model: nn.Module | None = None) -> dict:
         "arch": spec.arch,
         "architecture": spec.architecture or spec.description,
         "quant": spec.quant,
+        **({"quantization": quantization_card(spec.quant)} if spec.quant in MULTIBIT else {}),
         "description": spec.description,
         "recipe": asdict(spec.recipe),
         "recipe_id": spec.recipe_id,
