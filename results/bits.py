@@ -100,3 +100,33 @@ def bits_rows(cells: pd.DataFrame, models: pd.DataFrame, *, norm: str, eps: floa
                             float(b.best_known_acc) if b is not None else None,
                             {label: robust.get(label) for label in columns}, checked, held))
     return sorted(rows, key=lambda r: (r.suite, r.arch, r.weight_bits, r.act_bits))
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A cell some of whose counted adversarial examples do not hold in integer arithmetic."""
+
+    suite: str
+    model: str
+    attack: str
+    norm: str
+    eps: float
+    held: int
+    checked: int
+
+
+def integer_rejections(cells: pd.DataFrame) -> list[Rejected]:
+    """Every current ok cell whose counted examples do not all hold in the model's exact
+    integer arithmetic (``info.deployed_held`` < ``info.deployed_checked``), fewest held
+    first."""
+    ok = cells[cells["status"] == "ok"] if len(cells) else cells
+    if ok.empty:
+        return []
+    out = []
+    for c in current_runs(ok).itertuples():
+        info = c.info if isinstance(c.info, dict) else {}
+        checked, held = info.get("deployed_checked"), info.get("deployed_held")
+        if isinstance(checked, int) and isinstance(held, int) and held < checked:
+            out.append(Rejected(c.suite, c.model, c.attack, c.norm, float(c.eps), held,
+                                checked))
+    return sorted(out, key=lambda r: (r.held / r.checked, r.model, r.attack, r.eps))

@@ -216,7 +216,8 @@ def _render(rec: data.Records, out_dir: Path) -> Path:
           cost_plot=figures["attacks"], provenance=everything)
     summaries = {m["model"]: m for s in suites for m in s["matrix"]}
     write("paper.html", "paper.html", claims=data.paper_claims(rec), alpha=ALPHA,
-          optimal=optimal, bits=bits_views, provenance=everything)
+          optimal=optimal, bits=bits_views, rejections=data.integer_rejections_view(rec),
+          provenance=everything)
     write("models.html", "models.html", pages=pages, summaries=summaries,
           provenance=data.provenance(rec.models, rec.cells))
     for p in pages:

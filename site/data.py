@@ -791,7 +791,7 @@ def bits_view(rec: Records) -> list[dict]:
     builder."""
     from results.bits import bits_rows
 
-    out = []
+    out: list[dict] = []
     for norm, eps in BITS_THREATS:
         rows = bits_rows(rec.cells, rec.models, norm=norm, eps=eps)
         suites = {r.suite for r in rows if r.quant not in ("ref", "bnn-wq", "bnn-waq")}
@@ -812,3 +812,12 @@ def bits_view(rec: Records) -> list[dict]:
                             "deployed_counts": (r.deployed_held, r.deployed_checked)}
                             for r in arch_rows]} for arch, arch_rows in sorted(archs.items())]})
     return out
+
+
+def integer_rejections_view(rec: Records) -> list[dict]:
+    """The cells whose counted examples do not all hold in integer arithmetic."""
+    from results.bits import integer_rejections
+
+    return [{"model": r.model, "file": model_file(r.model), "attack": r.attack,
+             "label": threat_label(r.norm, r.eps), "held": r.held, "checked": r.checked,
+             "share": r.held / r.checked} for r in integer_rejections(rec.cells)]

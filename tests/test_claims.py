@@ -180,6 +180,11 @@ def test_bits_rows_put_every_quantization_on_its_bit_width(tmp_path):
     assert q4.robust["PGD"] == 0.04 and q4.robust["PGD++ HNS"] == 0.02
     assert q4.robust["Square"] is None and q4.best_known == 0.02
     assert (q4.deployed_held, q4.deployed_checked) == (975, 980)
+    from results.bits import integer_rejections
+
+    (rejected,) = integer_rejections(results.load(root=tmp_path))
+    assert (rejected.model, rejected.attack, rejected.held, rejected.checked) == (
+        "q4", "pgd-linf-hns", 975, 980)
 
 
 def test_the_paper_page_plots_and_tables_robust_accuracy_against_bit_width(tmp_path):
