@@ -256,6 +256,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         eps=parse_eps(args.eps) if args.eps else suite.eps,
         n=args.n if args.n is not None else suite.n, seed=args.seed, data_root=args.data_root,
     )
+    from bench.grid import inapplicable
+
+    for attack in inapplicable(grid.attacks, grid.models):
+        print(f"note: {attack} applies to none of the selected models; it runs on no cell",
+              file=sys.stderr)
     if args.deterministic:
         enable_deterministic()
     summary = run_grid(grid, executor, results_root=args.results, force=args.force,

@@ -106,6 +106,15 @@ def build_grid(*, suite: str, dataset: str, models: str, attacks: str,
     if wrong:
         raise QBenchError(f"models {wrong} are not trained on dataset {dataset!r}; a grid "
                           f"runs on one dataset (pick models matching '{dataset}-*')")
+    idle = inapplicable(attack_names, model_names)
+    if len(idle) == len(attack_names):
+        wanted = attack_spec(idle[0]).traits.applies_to
+        raise QBenchError(
+            f"{idle[0]} applies to models with "
+            f"{', '.join(f'{k} {v}' for k, v in wanted.items())}, and none of the selected "
+            f"models ({', '.join(model_names[:3])}{', …' if len(model_names) > 3 else ''}) is "
+            "one: select such models (list them with `python -m bench list models`) or other "
+            "attacks")
     checked, _ = check_inputs(dataset, attack_names, eps, n, data_root)
     base = SUITES.get(suite)
     if limits is None:
@@ -117,6 +126,12 @@ def build_grid(*, suite: str, dataset: str, models: str, attacks: str,
                                 suite_n=base.n if base is not None else None))
     }
     return Grid(suite, dataset, model_names, attack_names, checked, n, seed, resolved)
+
+
+def inapplicable(attack_names: list[str], model_names: list[str]) -> list[str]:
+    """The attacks whose traits apply to none of the models (they get no cells)."""
+    return [a for a in attack_names
+            if not any(attack_spec(a).traits.applies(model_fields(m)) for m in model_names)]
 
 
 def resolve_limits(attack_names: list[str], eps: dict[str, list[float]], n: int,

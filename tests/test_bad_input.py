@@ -305,6 +305,10 @@ CLI_CASES = {
     "ray-address-nothing-listens": ([*RUN, "--executor", "ray", "--ray-address", "127.0.0.1:1"],
                                     "cannot reach a Ray cluster at '127.0.0.1:1': nothing "
                                     "accepts a connection there"),
+    # an attack that applies to none of the selected models used to run nothing, exit 0
+    "attack-applies-to-no-model": (["run", "--models", DIGITS, "--attacks", "iprop,milp-linf",
+                                    "--eps", "0.1", "--n", "20"],
+                                   "iprop applies to models with arch mlp*, quant bnn-waq"),
     "train-models-empty": (["train", ""], "empty model pattern ''"),
     "train-models-comma": (["train", " , "], "empty model pattern ' , '"),
     "train-unknown": (["train", "digits-mlp5x100-rf"], "Did you mean: digits-mlp5x100-ref"),

@@ -135,3 +135,12 @@ def test_board_of_cells_that_saw_other_test_points_is_one_line_and_exit_2(tmp_pa
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "did not see the same test points" in err
     assert len(err.splitlines()) == 1
+
+
+def test_an_attack_that_applies_to_none_of_the_models_is_named(tmp_path, capsys, digits_models):
+    argv = ["run", "--models", "digits-mlp5x100-ref", "--attacks", "iprop,fgsm", "--eps", "0.1",
+            "--n", "5", "--results", str(tmp_path), "--no-progress"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "note: iprop applies to none of the selected models" in captured.err
+    assert "1 cells run" in captured.out
