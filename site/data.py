@@ -783,6 +783,9 @@ def optimality_view(rec: Records) -> list[dict]:
 
 #: the threat models of the bit-width comparison (the closing table of the multi-bit issue)
 BITS_THREATS = (("linf", 0.1), ("l2", 1.5))
+#: a network where the better PGD++ leaves at least this much more than best-known is named
+#: on the page: the temperature did not remove what masks its gradients
+PGDPP_SHORT = 0.10
 
 
 def bits_view(rec: Records) -> list[dict]:
@@ -800,7 +803,14 @@ def bits_view(rec: Records) -> list[dict]:
             for r in rows:
                 if r.suite == suite:
                     archs.setdefault(r.arch, []).append(r)
-            out.append({"suite": suite, "norm": norm, "eps": eps,
+            short = []
+            for r in rows:
+                pp = [v for k, v in r.robust.items() if k.startswith("PGD++") and v is not None]
+                if r.suite == suite and pp and r.best_known is not None \
+                        and min(pp) - r.best_known >= PGDPP_SHORT:
+                    short.append({"model": r.model, "file": model_file(r.model),
+                                  "label": r.label, "pgdpp": min(pp), "best": r.best_known})
+            out.append({"suite": suite, "norm": norm, "eps": eps, "short": short,
                         "label": threat_label(norm, eps),
                         "columns": list(next(iter(archs.values()))[0].robust),
                         "archs": [{"arch": arch, "plot": None, "rows": [{

@@ -194,6 +194,8 @@ def test_the_paper_page_plots_and_tables_robust_accuracy_against_bit_width(tmp_p
     cells = [_cell(m, a, set(range(k))) for m, k in (("f", 10), ("b1", 800), ("q4", 40),
                                                        ("q8", 20))
              for a in ("pgd-linf", "pgd-linf-njs")]
+    cells.append(_cell("q4", "square", set(range(20))))  # 2 points less than PGD++ on q4
+    cells.append(_cell("b1", "square", set(range(600))))  # 20 points less on b1
     _claims(tmp_path, cells, quants)
     index = build_site(tmp_path, tmp_path / "site")
     paper = (index.parent / "paper.html").read_text()
@@ -203,3 +205,6 @@ def test_the_paper_page_plots_and_tables_robust_accuracy_against_bit_width(tmp_p
     assert rows == sorted(rows)  # by bit width: 1, 4, 8, float
     assert (index.parent / "img" / "bits-s-mlp-linf.png").stat().st_size > 1000
     assert 'data-claim="pgdpp-multibit-w4a4"' in paper
+    # the network where PGD++ falls 10 points or more short of best-known is named
+    assert 'class="small surprise" data-model="b1"' in section
+    assert 'data-model="q4"' not in section.split("<table")[0]
