@@ -50,6 +50,11 @@ def model_fields(name: str) -> dict[str, str] | None:
     return {"arch": spec.arch, "quant": spec.quant}
 
 
+def attack_applies(attack: str, model: str) -> bool:
+    """Whether the attack's traits apply to the model (see :func:`results.vocabulary.applies`)."""
+    return attack_spec(attack).traits.applies(model_fields(model))
+
+
 @dataclass(frozen=True)
 class Grid:
     """A concrete grid: resolved names, ε per norm, sample count, seed.
@@ -73,10 +78,10 @@ class Grid:
         no ε where the attack does not apply to the model (see
         :func:`results.vocabulary.applies`)."""
         model = model if model is not None else self.models[0]
-        spec = attack_spec(attack)
-        if not spec.traits.applies(model_fields(model)):
+        if not attack_applies(attack, model):
             return [], self.n
-        return self.limits.get(model, {}).get(attack, (self.eps.get(spec.norm, []), self.n))
+        return self.limits.get(model, {}).get(
+            attack, (self.eps.get(attack_spec(attack).norm, []), self.n))
 
     def cells(self) -> list[tuple[str, str, float]]:
         """(model, attack, ε) triples in run order."""
@@ -130,8 +135,7 @@ def build_grid(*, suite: str, dataset: str, models: str, attacks: str,
 
 def inapplicable(attack_names: list[str], model_names: list[str]) -> list[str]:
     """The attacks whose traits apply to none of the models (they get no cells)."""
-    return [a for a in attack_names
-            if not any(attack_spec(a).traits.applies(model_fields(m)) for m in model_names)]
+    return [a for a in attack_names if not any(attack_applies(a, m) for m in model_names)]
 
 
 def resolve_limits(attack_names: list[str], eps: dict[str, list[float]], n: int,

@@ -76,7 +76,7 @@ class Recorder:
 
     def __init__(self, plan: Plan, *, results_root: Path | None, force: bool, progress: bool,
                  since: str | None = None) -> None:
-        self.plan, self.grid, self.force = plan, plan.grid, force
+        self.grid, self.force = plan.grid, force
         self.results_root = results_root
         self.mpath = models_path(self.grid.suite, results_root)
         latest_cells(self.grid.suite, results_root)  # a corrupt records file stops here

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from results.bestknown import best_known, current_runs
-from results.vocabulary import QUANT_BITS, traits_from_config
+from results.vocabulary import QUANT_BITS, is_plain, is_tempered, traits_from_config
 
 Want = Callable[[str, dict[str, Any]], bool]
 
@@ -29,11 +29,9 @@ def attacks_of(norm: str) -> dict[str, Want]:
     """The columns: label → does a recorded (attack name, traits) belong to it."""
     base = f"pgd-{norm}"
     out: dict[str, Want] = {
-        "PGD": lambda a, t: a == base and t.get("family") == "gradient",
-        "PGD++ NJS": lambda a, t: (t.get("base") == base and t.get("scaler") == "njs"
-                                   and t.get("family") == "gradient-temperature"),
-        "PGD++ HNS": lambda a, t: (t.get("base") == base and t.get("scaler") == "hns"
-                                   and t.get("family") == "gradient-temperature"),
+        "PGD": lambda a, t: is_plain(a, t, base),
+        "PGD++ NJS": lambda a, t: is_tempered(t, base, ("njs",)),
+        "PGD++ HNS": lambda a, t: is_tempered(t, base, ("hns",)),
     }
     if norm == "linf":
         out["APGD-DLR"] = lambda a, t: t.get("base") == "apgd-dlr"

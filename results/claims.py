@@ -35,7 +35,7 @@ import pandas as pd
 from results.bestknown import best_known, current_runs
 from results.optimality import exact_robust
 from results.paired import Paired, paired
-from results.vocabulary import MULTIBIT, traits_from_config
+from results.vocabulary import MULTIBIT, is_plain, is_tempered, traits_from_config
 
 #: PGD "does not" take a model to about 0: it leaves more than this
 PGD_LEAVES = 0.10
@@ -127,14 +127,12 @@ class _Cells:
 
 def _plain(base: str) -> Callable[[Any, dict], bool]:
     """The base attack itself (family gradient, no temperature, its own base)."""
-    return lambda r, t: (t.get("base") == base and t.get("family") == "gradient"
-                         and r.attack == t.get("base"))
+    return lambda r, t: is_plain(r.attack, t, base)
 
 
 def _tempered(base: str) -> Callable[[Any, dict], bool]:
     """Its PGD++ versions (NJS or HNS temperature)."""
-    return lambda r, t: (t.get("base") == base and t.get("family") == "gradient-temperature"
-                         and t.get("scaler") in ("njs", "hns"))
+    return lambda r, t: is_tempered(t, base)
 
 
 def _vs(a: Any, b: Any) -> Paired:

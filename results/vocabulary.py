@@ -28,8 +28,8 @@ records and the site all read the same facts from it:
   (``arch``, ``quant``, …): the planner drops the cells where it does not, the boards show
   "n/a" there;
 * :func:`traits_from_config`: the traits of a recorded attack configuration (read off its
-  class and hyperparameters for cells recorded before traits existed), and
-  :func:`family_of` its family;
+  class and hyperparameters for cells recorded before traits existed), :func:`family_of` its
+  family, :func:`is_plain` and :func:`is_tempered` whether it is a base attack or its PGD++;
 * :func:`match_names`: how a user's comma-separated wildcard patterns select registered names.
 """
 
@@ -162,6 +162,20 @@ def traits_from_config(config: dict[str, Any] | None) -> tuple[dict[str, Any], s
                 "uses_gradients": True, "applies_to": {}}, "unknown"
     return {"family": family, "base": base, "scaler": scaler, "uses_gradients": grads,
             "applies_to": applies}, "config"
+
+
+def is_plain(attack: str, traits: dict[str, Any], base: str) -> bool:
+    """Whether a recorded attack is the base attack ``base`` itself: no temperature, no
+    variant (``pgd-linf``, not ``pgd-linf-dlr``)."""
+    return (traits.get("base") == base and traits.get("family") == "gradient"
+            and attack == base)
+
+
+def is_tempered(traits: dict[str, Any], base: str,
+                scalers: tuple[str, ...] = ("njs", "hns")) -> bool:
+    """Whether recorded traits are a PGD++ version of ``base`` with one of ``scalers``."""
+    return (traits.get("base") == base and traits.get("family") == "gradient-temperature"
+            and traits.get("scaler") in scalers)
 
 
 def family_of(config: dict[str, Any] | None) -> str:
