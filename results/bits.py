@@ -59,9 +59,10 @@ class BitsRow:
         return "float" if w == 32 else f"W{w}A{a}" if a < 32 else f"W{w} (float act.)"
 
 
-def bits_rows(cells: pd.DataFrame, models: pd.DataFrame, *, norm: str, eps: float
-              ) -> list[BitsRow]:
-    """The rows at (``norm``, ``eps``), by suite, architecture and bit width."""
+def bits_rows(cells: pd.DataFrame, models: pd.DataFrame, *, norm: str, eps: float,
+              best: pd.DataFrame | None = None) -> list[BitsRow]:
+    """The rows at (``norm``, ``eps``), by suite, architecture and bit width; ``best`` is the
+    cells' :func:`results.bestknown.best_known` when the caller has it already."""
     ok = cells[cells["status"] == "ok"] if len(cells) else cells
     if ok.empty:
         return []
@@ -69,8 +70,10 @@ def bits_rows(cells: pd.DataFrame, models: pd.DataFrame, *, norm: str, eps: floa
     here = current[(current["norm"] == norm) & ((current["eps"] - eps).abs() < 1e-9)]
     if here.empty:
         return []
-    best = {(r.suite, r.model): r for r in best_known(current).itertuples()
-            if r.norm == norm and abs(r.eps - eps) < 1e-9}
+    if best is None:
+        best = best_known(current)
+    best_at = {(r.suite, r.model): r for r in best.itertuples()
+               if r.norm == norm and abs(r.eps - eps) < 1e-9}
     cards = {(m.suite, m.model): m.card if isinstance(m.card, dict) else {}
              for m in models.itertuples()} if len(models) else {}
     columns = attacks_of(norm)
@@ -91,7 +94,7 @@ def bits_rows(cells: pd.DataFrame, models: pd.DataFrame, *, norm: str, eps: floa
                     info = c.info if isinstance(c.info, dict) else {}
                     checked += int(info.get("deployed_checked", 0) or 0)
                     held += int(info.get("deployed_held", 0) or 0)
-        b = best.get((suite, model))
+        b = best_at.get((suite, model))
         weight, act = QUANT_BITS[quant]
         rows.append(BitsRow(suite, str(card.get("arch", "")), model, quant, weight, act,
                             int(b.n) if b is not None else 0,

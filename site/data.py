@@ -22,9 +22,10 @@ import results
 from results import board as results_board
 from results import claims
 from results.bestknown import best_known_or_note, current_runs
+from results.bits import bits_rows, integer_rejections
 from results.exact import Exact, exact_summaries
 from results.optimality import TOGETHER, optimality
-from results.vocabulary import NORM_LABEL, family_of
+from results.vocabulary import MULTIBIT, NORM_LABEL, family_of
 
 # --- thresholds of the warning badges (gradient-masking checks after Athalye et al. 2018, as
 # Gupta & Ajanthan, AAAI 2022, Sec. 6 use them); stated on every page that shows badges ---
@@ -792,22 +793,18 @@ def bits_view(rec: Records) -> list[dict]:
     """Robust accuracy against bit width (:func:`results.bits.bits_rows`), per threat model
     and architecture, for suites with multi-bit models; ``plot`` is filled in by the
     builder."""
-    from results.bits import bits_rows
-
     out: list[dict] = []
     for norm, eps in BITS_THREATS:
-        rows = bits_rows(rec.cells, rec.models, norm=norm, eps=eps)
-        suites = {r.suite for r in rows if r.quant not in ("ref", "bnn-wq", "bnn-waq")}
-        for suite in sorted(suites):
+        rows = bits_rows(rec.cells, rec.models, norm=norm, eps=eps, best=rec.best)
+        for suite in sorted({r.suite for r in rows if r.quant in MULTIBIT}):
+            suite_rows = [r for r in rows if r.suite == suite]
             archs: dict[str, list] = {}
-            for r in rows:
-                if r.suite == suite:
-                    archs.setdefault(r.arch, []).append(r)
+            for r in suite_rows:
+                archs.setdefault(r.arch, []).append(r)
             short = []
-            for r in rows:
+            for r in suite_rows:
                 pp = [v for k, v in r.robust.items() if k.startswith("PGD++") and v is not None]
-                if r.suite == suite and pp and r.best_known is not None \
-                        and min(pp) - r.best_known >= PGDPP_SHORT:
+                if pp and r.best_known is not None and min(pp) - r.best_known >= PGDPP_SHORT:
                     short.append({"model": r.model, "file": model_file(r.model),
                                   "label": r.label, "pgdpp": min(pp), "best": r.best_known})
             out.append({"suite": suite, "norm": norm, "eps": eps, "short": short,
@@ -826,8 +823,6 @@ def bits_view(rec: Records) -> list[dict]:
 
 def integer_rejections_view(rec: Records) -> list[dict]:
     """The cells whose counted examples do not all hold in integer arithmetic."""
-    from results.bits import integer_rejections
-
     return [{"model": r.model, "file": model_file(r.model), "attack": r.attack,
              "label": threat_label(r.norm, r.eps), "held": r.held, "checked": r.checked,
              "share": r.held / r.checked} for r in integer_rejections(rec.cells)]
