@@ -63,25 +63,31 @@ def mlp_recipe(dataset: str, hidden: list[int], quant: str) -> Recipe:
                   logit_scale=round(1 / math.sqrt(hidden[-1]), 6), clip_latent=True)
 
 
+def _register_mlp(dataset: str, arch: str, quant: str, *,
+                  archs: dict[str, tuple[list[int], str]] = MLP_ARCHS,
+                  adversarial: bool = False) -> None:
+    """Register ``{dataset}-{arch}-{quant}`` (``-at``: PGD-trained, see :func:`at_recipe`)."""
+    hidden, arch_text = archs[arch]
+    c, h, w = dataset_info(dataset).input_shape
+    recipe = mlp_recipe(dataset, hidden, quant)
+    description = f"{arch_text}; {QUANT_TEXT[quant]}"
+    if adversarial:
+        recipe = at_recipe(recipe, MNIST_AT_EPS)
+        description += _at_description(f"{MNIST_AT_EPS:g}")
+    register_model(
+        f"{dataset}-{arch}-{quant}" + ("-at" if adversarial else ""),
+        dataset=dataset, arch=arch, quant=quant, recipe=recipe, description=description,
+        architecture=mlp_text(hidden),
+    )(partial(MLP, c * h * w, hidden, 10, quant))
+
+
 def _register_mlps() -> None:
     for dataset in MLP_DATASETS:
-        c, h, w = dataset_info(dataset).input_shape
-        for arch, (hidden, arch_text) in MLP_ARCHS.items():
+        for arch in MLP_ARCHS:
             for quant in QUANTS:
-                register_model(
-                    f"{dataset}-{arch}-{quant}",
-                    dataset=dataset, arch=arch, quant=quant,
-                    recipe=mlp_recipe(dataset, hidden, quant),
-                    description=f"{arch_text}; {QUANT_TEXT[quant]}",
-                    architecture=mlp_text(hidden),
-                )(partial(MLP, c * h * w, hidden, 10, quant))
-    c, h, w = dataset_info("mnist5k").input_shape
-    for arch, (hidden, arch_text) in VERIFY_ARCHS.items():
-        register_model(
-            f"mnist5k-{arch}-bnn-waq", dataset="mnist5k", arch=arch, quant="bnn-waq",
-            recipe=mlp_recipe("mnist5k", hidden, "bnn-waq"),
-            description=f"{arch_text}; {QUANT_TEXT['bnn-waq']}", architecture=mlp_text(hidden),
-        )(partial(MLP, c * h * w, hidden, 10, "bnn-waq"))
+                _register_mlp(dataset, arch, quant)
+    for arch in VERIFY_ARCHS:
+        _register_mlp("mnist5k", arch, "bnn-waq", archs=VERIFY_ARCHS)
 
 
 _register_mlps()
@@ -128,41 +134,37 @@ def _at_description(eps_text: str) -> str:
     return f"; adversarially trained: PGD L-inf, eps={eps_text}, T=7, step eps/4"
 
 
+def _register_convnet(dataset: str, quant: str, *, at_epochs: int | None = None) -> None:
+    """Register ``{dataset}-convnet-{quant}`` and, with ``at_epochs``, its PGD-trained
+    ``-at`` twin (7-step PGD costs 8 forward/backward passes a batch: 3 epochs on mnist5k,
+    one on Fashion-MNIST)."""
+    c, h, w = dataset_info(dataset).input_shape
+    factory = partial(convnet, quant, in_channels=c, image_size=h)
+    base = convnet_recipe(dataset, quant)
+    description = f"small VGG-style convnet for 28x28 grey images; {QUANT_TEXT[quant]}"
+    register_model(
+        f"{dataset}-convnet-{quant}", dataset=dataset, arch="convnet", quant=quant,
+        recipe=base, description=description, architecture=CONVNET_TEXT,
+    )(factory)
+    if at_epochs is not None:
+        register_model(
+            f"{dataset}-convnet-{quant}-at", dataset=dataset, arch="convnet", quant=quant,
+            recipe=at_recipe(base, MNIST_AT_EPS, epochs=at_epochs),
+            description=description + _at_description(f"{MNIST_AT_EPS:g}"),
+            architecture=CONVNET_TEXT,
+        )(factory)
+
+
 def _register_convnets() -> None:
     for dataset in CONVNET_DATASETS:
-        c, h, w = dataset_info(dataset).input_shape
         for quant in QUANTS:
-            factory = partial(convnet, quant, in_channels=c, image_size=h)
-            base = convnet_recipe(dataset, quant)
-            description = f"small VGG-style convnet for 28x28 grey images; {QUANT_TEXT[quant]}"
-            register_model(
-                f"{dataset}-convnet-{quant}", dataset=dataset, arch="convnet", quant=quant,
-                recipe=base, description=description, architecture=CONVNET_TEXT,
-            )(factory)
-            if quant == "bnn-waq":
-                continue
-            # 7-step PGD costs 8 forward/backward passes a batch: 3 epochs on mnist5k, one
-            # on Fashion-MNIST.
-            at = at_recipe(base, MNIST_AT_EPS, epochs=1 if dataset == "fashion-mnist" else 3)
-            register_model(
-                f"{dataset}-convnet-{quant}-at", dataset=dataset, arch="convnet", quant=quant,
-                recipe=at, description=description + _at_description(f"{MNIST_AT_EPS:g}"),
-                architecture=CONVNET_TEXT,
-            )(factory)
+            _register_convnet(dataset, quant, at_epochs=None if quant == "bnn-waq" else
+                              1 if dataset == "fashion-mnist" else 3)
 
 
 def _register_mlp_at() -> None:
-    dataset, arch = "mnist5k", "mlp5x100"
-    hidden, arch_text = MLP_ARCHS[arch]
-    c, h, w = dataset_info(dataset).input_shape
     for quant in ("ref", "bnn-wq"):
-        register_model(
-            f"{dataset}-{arch}-{quant}-at", dataset=dataset, arch=arch, quant=quant,
-            recipe=at_recipe(mlp_recipe(dataset, hidden, quant), MNIST_AT_EPS),
-            description=f"{arch_text}; {QUANT_TEXT[quant]}"
-            + _at_description(f"{MNIST_AT_EPS:g}"),
-            architecture=mlp_text(hidden),
-        )(partial(MLP, c * h * w, hidden, 10, quant))
+        _register_mlp("mnist5k", "mlp5x100", quant, adversarial=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -218,28 +220,11 @@ def _register_cifar() -> None:
 
 
 def _register_multibit() -> None:
-    dataset = "mnist5k"
-    c, h, w = dataset_info(dataset).input_shape
     for quant in MULTIBIT:
-        for arch, (hidden, arch_text) in MLP_ARCHS.items():
-            register_model(
-                f"{dataset}-{arch}-{quant}", dataset=dataset, arch=arch, quant=quant,
-                recipe=mlp_recipe(dataset, hidden, quant),
-                description=f"{arch_text}; {QUANT_TEXT[quant]}", architecture=mlp_text(hidden),
-            )(partial(MLP, c * h * w, hidden, 10, quant))
-        register_model(
-            f"{dataset}-convnet-{quant}", dataset=dataset, arch="convnet", quant=quant,
-            recipe=convnet_recipe(dataset, quant),
-            description=f"small VGG-style convnet for 28x28 grey images; {QUANT_TEXT[quant]}",
-            architecture=CONVNET_TEXT,
-        )(partial(convnet, quant, in_channels=c, image_size=h))
-    hidden, arch_text = MLP_ARCHS["mlp5x100"]
-    register_model(
-        f"{dataset}-mlp5x100-w4a4-at", dataset=dataset, arch="mlp5x100", quant="w4a4",
-        recipe=at_recipe(mlp_recipe(dataset, hidden, "w4a4"), MNIST_AT_EPS),
-        description=f"{arch_text}; {QUANT_TEXT['w4a4']}" + _at_description(f"{MNIST_AT_EPS:g}"),
-        architecture=mlp_text(hidden),
-    )(partial(MLP, c * h * w, hidden, 10, "w4a4"))
+        for arch in MLP_ARCHS:
+            _register_mlp("mnist5k", arch, quant)
+        _register_convnet("mnist5k", quant)
+    _register_mlp("mnist5k", "mlp5x100", "w4a4", adversarial=True)
 
 
 _register_convnets()
